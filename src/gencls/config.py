@@ -1,0 +1,60 @@
+"""The resolved training configuration, saved as ``config.json`` in every run."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from gencls.errors import GenclsError
+
+
+@dataclass
+class TrainConfig:
+    method: str = "improved-gan"
+    dataset: str = "mnist"
+    labels: int | str = 100  # a count, or "all"
+    val_size: int = 5000
+    subset: int | None = None  # use a random subset of this many training images (quick experiments)
+    epochs: int = 10
+    minutes: float | None = None  # stop after this much training time (at an epoch end)
+    batch_size: int = 100
+    seed: int = 1
+    data_seed: int = 1
+    device: str = "auto"
+    out: str = "runs/run"
+    data_root: str | None = None
+    method_config: dict[str, Any] = field(default_factory=dict)
+    threads: int | None = None
+    sample_every: int = 1  # write a sample grid every N epochs (0: never)
+    tensorboard: bool = True
+    progress: bool = True
+
+    def validate(self) -> "TrainConfig":
+        if isinstance(self.labels, str):
+            if self.labels != "all":
+                try:
+                    self.labels = int(self.labels)
+                except ValueError:
+                    raise GenclsError(f"--labels {self.labels!r}: a number of labelled images or 'all'") from None
+        if self.labels != "all" and self.labels <= 0:
+            raise GenclsError(f"--labels {self.labels}: must be positive (or 'all')")
+        if self.epochs < 1:
+            raise GenclsError(f"--epochs {self.epochs}: must be at least 1")
+        if self.minutes is not None and self.minutes <= 0:
+            raise GenclsError(f"--minutes {self.minutes}: must be positive")
+        if self.batch_size < 2:
+            raise GenclsError(f"--batch-size {self.batch_size}: must be at least 2")
+        if self.subset is not None and self.subset <= 0:
+            raise GenclsError(f"--subset {self.subset}: must be positive")
+        if self.val_size < 0:
+            raise GenclsError(f"--val-size {self.val_size}: must be 0 or more")
+        if self.threads is not None and self.threads < 1:
+            raise GenclsError(f"--threads {self.threads}: must be at least 1")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})

@@ -1,0 +1,70 @@
+"""The semi-supervised split: labelled, validation and unlabelled indices into the training set.
+
+- validation: ``val_size`` images, class-balanced, used for model selection only;
+- labelled: ``labels`` images, class-balanced, disjoint from validation;
+- unlabelled: every training image not in validation (the labelled ones included, as in
+  Salimans et al. 2016).
+All three are fixed by ``data_seed``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from gencls.errors import GenclsError
+
+
+@dataclass
+class SSLSplit:
+    labelled: torch.Tensor
+    validation: torch.Tensor
+    unlabelled: torch.Tensor
+
+    def sizes(self) -> dict[str, int]:
+        return {"labelled": len(self.labelled), "validation": len(self.validation),
+                "unlabelled": len(self.unlabelled)}
+
+
+def _balanced_counts(total: int, num_classes: int, available: torch.Tensor, what: str,
+                     gen: torch.Generator) -> torch.Tensor:
+    counts = torch.full((num_classes,), total // num_classes, dtype=torch.long)
+    extra = total % num_classes
+    if extra:
+        counts[torch.randperm(num_classes, generator=gen)[:extra]] += 1
+    short = (counts > available).nonzero().flatten().tolist()
+    if short:
+        c = short[0]
+        raise GenclsError(f"{what}: class {c} has only {int(available[c])} images, {int(counts[c])} needed")
+    return counts
+
+
+def make_split(targets: torch.Tensor, labels: int | str, val_size: int, data_seed: int,
+               num_classes: int | None = None) -> SSLSplit:
+    """Draw the split. ``labels`` is a count or ``"all"`` (every non-validation image)."""
+    targets = torch.as_tensor(targets).long()
+    n = len(targets)
+    k = int(num_classes if num_classes is not None else targets.max().item() + 1)
+    if val_size < 0 or val_size >= n:
+        raise GenclsError(f"--val-size {val_size}: must be between 0 and {n - 1} for {n} training images")
+    gen = torch.Generator().manual_seed(int(data_seed))
+    perm = torch.randperm(n, generator=gen)
+    by_class = [perm[targets[perm] == c] for c in range(k)]  # each class in a seeded random order
+    available = torch.tensor([len(ix) for ix in by_class])
+    if val_size and val_size < k:
+        raise GenclsError(f"--val-size {val_size}: needs at least one image per class ({k})")
+    val_counts = _balanced_counts(val_size, k, available, "--val-size", gen)
+    if labels == "all":
+        lab_counts = available - val_counts
+    else:
+        labels = int(labels)
+        if labels < k:
+            raise GenclsError(f"--labels {labels}: need at least one labelled image per class ({k} classes)")
+        lab_counts = _balanced_counts(labels, k, available - val_counts, "--labels", gen)
+    # labelled images come first in each class's order, validation images after them
+    labelled = torch.cat([ix[: lab_counts[c]] for c, ix in enumerate(by_class)])
+    validation = torch.cat([ix[len(ix) - val_counts[c]:] if val_counts[c] else ix[:0]
+                            for c, ix in enumerate(by_class)])
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[validation] = False
+    return SSLSplit(labelled.sort().values, validation.sort().values, mask.nonzero().flatten())

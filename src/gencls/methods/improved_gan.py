@@ -1,0 +1,97 @@
+"""Semi-supervised GAN with feature matching (Salimans et al. 2016, "Improved Techniques for
+Training GANs"), as in the authors' MNIST code.
+
+The discriminator is the classifier: K logits, the fake class an implicit logit fixed at 0.
+Losses: labelled cross-entropy, the unlabelled real/fake loss on log-sum-exp of the logits,
+and feature matching on the last hidden layer for the generator.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from gencls.losses import feature_matching_loss, ssl_gan_unlabelled_loss
+from gencls.methods.base import CannotGenerate, Method, register_method
+from gencls.nets import EMA, MLPClassifier, MLPGenerator
+
+
+@register_method
+class ImprovedGAN(Method):
+    name = "improved-gan"
+    description = "K-logit semi-supervised GAN with feature matching (Salimans et al. 2016)"
+    can_generate = True
+    unlabelled_batches = 2  # one for the discriminator, an independent one for feature matching
+    default_config = {"lr": 0.003, "beta1": 0.5, "adam_eps": 1e-4, "unlabelled_weight": 1.0, "ema_decay": 0.999, "nz": 100}
+
+    def __init__(self, config, image_shape, num_classes):
+        super().__init__(config, image_shape, num_classes)
+        c = self.config
+        self.disc = MLPClassifier(math.prod(self.image_shape), num_classes)
+        self.gen = MLPGenerator(self.image_shape, nz=int(c["nz"]))
+        self.ema = EMA(self.disc, c["ema_decay"])
+        betas = (c["beta1"], 0.999)
+        self.opt_d = torch.optim.Adam([p for p in self.disc.parameters() if p.requires_grad], lr=c["lr"], betas=betas, eps=c["adam_eps"])
+        self.opt_g = torch.optim.Adam(self.gen.parameters(), lr=c["lr"], betas=betas, eps=c["adam_eps"])
+
+    def optimizers(self):
+        return {"disc": self.opt_d, "gen": self.opt_g}
+
+    def extra_state(self):
+        return {"ema_updates": self.ema.updates}
+
+    def load_extra_state(self, state):
+        self.ema.updates = int(state.get("ema_updates", 0))
+
+    def setup(self, x):
+        self.disc.data_init(x)
+        self.ema.reset(self.disc)
+
+    def train_step(self, x_lab, y_lab, x_unl):
+        b_lab = x_lab.shape[0]
+        x_unl_d, x_unl_g = x_unl.chunk(2)
+        n_fake = x_unl_d.shape[0]
+
+        # discriminator/classifier: one pass over labelled + unlabelled + generated images
+        with torch.no_grad():
+            fake = self.gen(self.gen.sample_z(n_fake, x_unl.device))
+        logits, _ = self.disc(torch.cat([x_lab.flatten(1), x_unl_d.flatten(1), fake.flatten(1)]))
+        l_lab, l_unl, l_fake = logits.split([b_lab, x_unl_d.shape[0], n_fake])
+        loss_lab = F.cross_entropy(l_lab, y_lab)
+        loss_unl = ssl_gan_unlabelled_loss(l_unl, l_fake)
+        self.opt_d.zero_grad(set_to_none=True)
+        (loss_lab + self.config["unlabelled_weight"] * loss_unl).backward()
+        self.opt_d.step()
+        self.ema.update(self.disc)
+
+        # generator: feature matching against an independent unlabelled batch
+        fake = self.gen(self.gen.sample_z(x_unl_g.shape[0], x_unl.device))
+        with torch.no_grad():
+            _, f_real = self.disc(x_unl_g)
+        _, f_fake = self.disc(fake)
+        loss_gen = feature_matching_loss(f_real, f_fake)
+        gen_params = list(self.gen.parameters())
+        grads = torch.autograd.grad(loss_gen, gen_params)  # no gradients for the discriminator's weights
+        for p, g in zip(gen_params, grads):
+            p.grad = g
+        self.opt_g.step()
+
+        train_err = (l_lab.detach().argmax(1) != y_lab).float().mean()
+        return {"loss_lab": loss_lab.detach(), "loss_unl": loss_unl.detach(), "loss_gen": loss_gen.detach(),
+                "train_err": train_err}
+
+    def classify(self, x):
+        with self.evaluating():
+            return self.ema.shadow(x)[0]
+
+    def discriminate(self, x):
+        """D(x) = Z/(Z+1), the probability that x is a real training-like image."""
+        with self.evaluating():
+            return torch.sigmoid(torch.logsumexp(self.ema.shadow(x)[0], dim=1))
+
+    def generate(self, n, labels=None, generator=None):
+        if labels is not None:
+            raise CannotGenerate("improved-gan's generator is unconditional: it cannot generate a chosen class")
+        with self.evaluating():
+            return self.gen(self.gen.sample_z(n, self.device, generator))

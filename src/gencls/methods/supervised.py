@@ -1,0 +1,53 @@
+"""Supervised baseline: the Improved-GAN classifier network trained on the labelled images only,
+with the same optimiser, EMA and number of steps as the semi-supervised methods."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from gencls.methods.base import Method, register_method
+from gencls.nets import EMA, MLPClassifier
+
+
+@register_method
+class Supervised(Method):
+    name = "supervised"
+    description = "the same classifier network on the labelled images only (baseline)"
+    unlabelled_batches = 0
+    default_config = {"lr": 0.003, "beta1": 0.5, "adam_eps": 1e-4, "ema_decay": 0.999}
+
+    def __init__(self, config, image_shape, num_classes):
+        super().__init__(config, image_shape, num_classes)
+        c = self.config
+        self.net = MLPClassifier(math.prod(self.image_shape), num_classes)
+        self.ema = EMA(self.net, c["ema_decay"])
+        self.opt = torch.optim.Adam([p for p in self.net.parameters() if p.requires_grad], lr=c["lr"],
+                                    betas=(c["beta1"], 0.999), eps=c["adam_eps"])
+
+    def optimizers(self):
+        return {"net": self.opt}
+
+    def extra_state(self):
+        return {"ema_updates": self.ema.updates}
+
+    def load_extra_state(self, state):
+        self.ema.updates = int(state.get("ema_updates", 0))
+
+    def setup(self, x):
+        self.net.data_init(x)
+        self.ema.reset(self.net)
+
+    def train_step(self, x_lab, y_lab, x_unl=None):
+        logits, _ = self.net(x_lab)
+        loss = F.cross_entropy(logits, y_lab)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.ema.update(self.net)
+        return {"loss_lab": loss.detach(), "train_err": (logits.detach().argmax(1) != y_lab).float().mean()}
+
+    def classify(self, x):
+        with self.evaluating():
+            return self.ema.shadow(x)[0]

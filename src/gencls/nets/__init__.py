@@ -1,0 +1,6 @@
+"""Network blocks and networks shared by methods."""
+from gencls.nets.ema import EMA
+from gencls.nets.layers import BiasOnlyBatchNorm1d, GaussianNoise, WNLinear
+from gencls.nets.mlp import MLPClassifier, MLPGenerator
+
+__all__ = ["EMA", "BiasOnlyBatchNorm1d", "GaussianNoise", "MLPClassifier", "MLPGenerator", "WNLinear"]

@@ -1,0 +1,65 @@
+"""Network blocks shared by methods."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GaussianNoise(nn.Module):
+    """Adds N(0, sigma^2) noise in training mode; identity in eval mode."""
+
+    def __init__(self, sigma: float):
+        super().__init__()
+        self.sigma = sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.sigma > 0:
+            return x + torch.randn_like(x) * self.sigma
+        return x
+
+    def extra_repr(self) -> str:
+        return f"sigma={self.sigma}"
+
+
+class WNLinear(nn.Module):
+    """Weight-normalised dense layer, W = v * g / ||v|| (row-wise), as in Salimans & Kingma 2016.
+
+    ``data_init(x)`` sets g and b so that the pre-activations on ``x`` have zero mean and unit
+    variance per unit (the data-dependent initialisation of the Improved-GAN code). The scale g
+    is trainable only if ``train_scale`` (the Improved-GAN MNIST discriminator trains it only in
+    the output layer); otherwise it is fixed after the data-dependent initialisation.
+    """
+
+    def __init__(self, in_features: int, out_features: int, train_scale: bool = False,
+                 init_std: float = 0.1):
+        super().__init__()
+        self.v = nn.Parameter(torch.randn(out_features, in_features) * init_std)
+        self.g = nn.Parameter(torch.ones(out_features), requires_grad=train_scale)
+        self.b = nn.Parameter(torch.zeros(out_features))
+
+    def weight(self) -> torch.Tensor:
+        return self.v * (self.g / self.v.norm(dim=1)).unsqueeze(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight(), self.b)
+
+    @torch.no_grad()
+    def data_init(self, x: torch.Tensor) -> torch.Tensor:
+        """Initialise g, b from a batch; returns the normalised pre-activations."""
+        a = F.linear(x, self.weight())
+        mean, std = a.mean(0), a.pow(2).mean(0).sub(a.mean(0).pow(2)).clamp_min(1e-12).sqrt()
+        self.g.div_(std)
+        self.b.copy_(-mean / std)
+        return (a - mean) / std
+
+
+class BiasOnlyBatchNorm1d(nn.BatchNorm1d):
+    """Batch norm with a learned shift but no learned scale (Lasagne ``batch_norm(g=None)``)."""
+
+    def __init__(self, num_features: int):
+        super().__init__(num_features, affine=False)
+        self.bias = nn.Parameter(torch.zeros(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + self.bias

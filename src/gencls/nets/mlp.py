@@ -1,0 +1,69 @@
+"""The fully connected networks of the Improved-GAN MNIST model (Salimans et al. 2016)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gencls.nets.layers import BiasOnlyBatchNorm1d, GaussianNoise, WNLinear
+
+
+class MLPClassifier(nn.Module):
+    """K-logit classifier/discriminator: input noise, weight-normalised ReLU layers with noise.
+
+    ``forward(x)`` returns ``(logits, features)``; features are the last hidden layer's
+    activations (before its noise), used by feature matching.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, hidden=(1000, 500, 250, 250, 250),
+                 input_noise: float = 0.3, hidden_noise: float = 0.5):
+        super().__init__()
+        self.input_noise = GaussianNoise(input_noise)
+        dims = [in_features, *hidden]
+        self.hidden = nn.ModuleList(WNLinear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.noise = nn.ModuleList(GaussianNoise(hidden_noise) for _ in hidden)
+        self.out = WNLinear(dims[-1], num_classes, train_scale=True)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.input_noise(x.flatten(1))
+        feat = h
+        for layer, noise in zip(self.hidden, self.noise):
+            feat = F.relu(layer(h))
+            h = noise(feat)
+        return self.out(h), feat
+
+    @torch.no_grad()
+    def data_init(self, x: torch.Tensor) -> None:
+        h = self.input_noise(x.flatten(1))
+        for layer, noise in zip(self.hidden, self.noise):
+            h = noise(F.relu(layer.data_init(h)))
+        self.out.data_init(h)
+
+
+class MLPGenerator(nn.Module):
+    """z ~ U(0,1)^nz -> dense 500 + BN + softplus -> dense 500 + BN + softplus -> WN dense + sigmoid."""
+
+    def __init__(self, image_shape: tuple[int, int, int], nz: int = 100, hidden: int = 500):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.nz = nz
+        out = math.prod(self.image_shape)
+        self.fc1 = nn.Linear(nz, hidden, bias=False)
+        self.bn1 = BiasOnlyBatchNorm1d(hidden)
+        self.fc2 = nn.Linear(hidden, hidden, bias=False)
+        self.bn2 = BiasOnlyBatchNorm1d(hidden)
+        self.out = WNLinear(hidden, out, train_scale=True)
+        for fc in (self.fc1, self.fc2):
+            nn.init.xavier_uniform_(fc.weight)
+        bound = math.sqrt(6.0 / (hidden + out))  # Glorot-uniform direction, as Lasagne's default
+        nn.init.uniform_(self.out.v, -bound, bound)
+
+    def sample_z(self, n: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.rand(n, self.nz, device=device, generator=generator)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = F.softplus(self.bn1(self.fc1(z)))
+        h = F.softplus(self.bn2(self.fc2(h)))
+        return torch.sigmoid(self.out(h)).view(-1, *self.image_shape)

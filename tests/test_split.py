@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from gencls.data import make_split
+from gencls.errors import GenclsError
+
+
+def targets(n=2000, k=10, seed=0):
+    return torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def test_balanced_disjoint_and_complete():
+    y = targets()
+    s = make_split(y, 100, 500, data_seed=3)
+    assert len(s.labelled) == 100 and len(s.validation) == 500
+    assert torch.bincount(y[s.labelled], minlength=10).tolist() == [10] * 10
+    assert torch.bincount(y[s.validation], minlength=10).tolist() == [50] * 10
+    assert not set(s.labelled.tolist()) & set(s.validation.tolist())
+    # unlabelled: everything outside validation, labelled images included
+    assert set(s.unlabelled.tolist()) == set(range(len(y))) - set(s.validation.tolist())
+    assert set(s.labelled.tolist()) <= set(s.unlabelled.tolist())
+
+
+def test_fixed_by_seed():
+    y = targets()
+    a, b, c = make_split(y, 100, 500, 1), make_split(y, 100, 500, 1), make_split(y, 100, 500, 2)
+    assert torch.equal(a.labelled, b.labelled) and torch.equal(a.validation, b.validation)
+    assert not torch.equal(a.labelled, c.labelled)
+
+
+def test_labelled_set_does_not_depend_on_validation_size():
+    y = targets()
+    assert torch.equal(make_split(y, 50, 200, 1).labelled, make_split(y, 50, 700, 1).labelled)
+
+
+def test_uneven_count_and_all():
+    y = targets()
+    s = make_split(y, 105, 500, 1)
+    counts = torch.bincount(y[s.labelled], minlength=10)
+    assert counts.sum() == 105 and counts.max() - counts.min() == 1
+    s = make_split(y, "all", 500, 1)
+    assert torch.equal(s.labelled, s.unlabelled)
+
+
+@pytest.mark.parametrize("labels,val", [(7, 500), (0, 500), (100, 2000), (100, 5)])
+def test_impossible_requests_are_user_errors(labels, val):
+    with pytest.raises(GenclsError):
+        make_split(targets(), labels, val, 1)
