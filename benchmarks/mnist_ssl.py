@@ -77,7 +77,7 @@ def main() -> int:
     cfg = gencls.TrainConfig(method=args.method, labels=args.labels, epochs=args.epochs, minutes=args.minutes,
                              seed=args.seed, data_seed=args.data_seed, device=args.device, threads=args.threads,
                              out=str(run_dir), progress=False)
-    gencls.train(cfg, overwrite=True)
+    gencls.train(cfg, overwrite=True, on_epoch_end=on_epoch_end)
     write()
     print(f"[bench] wrote {out}")
     return 0

@@ -18,13 +18,16 @@ from gencls.utils import atomic_write_json, resolve_device
 
 
 def train(config: TrainConfig | dict | None = None, resume: bool = False, overwrite: bool = False,
-          **kwargs) -> Path:
-    """Train; ``gencls.train(method="improved-gan", labels=100, epochs=5, out="runs/x")`` works too."""
+          on_epoch_end=None, **kwargs) -> Path:
+    """Train; ``gencls.train(method="improved-gan", labels=100, epochs=5, out="runs/x")`` works too.
+
+    ``on_epoch_end(record, method)`` is called after every epoch (metrics record, live method).
+    """
     if config is None:
         config = TrainConfig(**kwargs)
     elif kwargs:
         raise TypeError("pass either a config or keyword settings, not both")
-    return _train(config, resume=resume, overwrite=overwrite)
+    return _train(config, resume=resume, overwrite=overwrite, on_epoch_end=on_epoch_end)
 
 
 @dataclass

@@ -60,7 +60,7 @@ def load_image(path: str | os.PathLike, image_shape: tuple[int, int, int], inver
         raise InputError(f"{path}: cannot decode image ({e})") from None
     x = torch.from_numpy(arr.copy()).float().div_(255)
     x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
-    if invert == "yes" or (invert == "auto" and _border_mean(x) > 0.5 and background < 0.5):
+    if invert == "yes" or (invert == "auto" and border_mean(x) > 0.5 and background < 0.5):
         x = 1.0 - x
     return x.contiguous()
 
@@ -77,5 +77,7 @@ def _to_mode(im: Image.Image, channels: int) -> Image.Image:
     return im.convert("L" if channels == 1 else "RGB")
 
 
-def _border_mean(x: torch.Tensor) -> float:
-    return float(torch.cat([x[:, 0].flatten(), x[:, -1].flatten(), x[:, :, 0].flatten(), x[:, :, -1].flatten()]).mean())
+def border_mean(x: torch.Tensor) -> float:
+    """Mean of the outermost rows and columns of images (..., H, W) with values in [0, 1]."""
+    return float(torch.cat([x[..., 0, :].flatten(), x[..., -1, :].flatten(),
+                            x[..., :, 0].flatten(), x[..., :, -1].flatten()]).float().mean())

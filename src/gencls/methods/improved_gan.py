@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from gencls.losses import feature_matching_loss, ssl_gan_unlabelled_loss
+from gencls.losses import feature_matching_loss, ssl_gan_real_probability, ssl_gan_unlabelled_loss
 from gencls.methods.base import CannotGenerate, Method, register_method
 from gencls.nets import EMA, MLPClassifier, MLPGenerator
 
@@ -88,7 +88,7 @@ class ImprovedGAN(Method):
     def discriminate(self, x):
         """D(x) = Z/(Z+1), the probability that x is a real training-like image."""
         with self.evaluating():
-            return torch.sigmoid(torch.logsumexp(self.ema.shadow(x)[0], dim=1))
+            return ssl_gan_real_probability(self.ema.shadow(x)[0])
 
     def generate(self, n, labels=None, generator=None):
         if labels is not None:

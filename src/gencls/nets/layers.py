@@ -55,11 +55,13 @@ class WNLinear(nn.Module):
 
 
 class BiasOnlyBatchNorm1d(nn.BatchNorm1d):
-    """Batch norm with a learned shift but no learned scale (Lasagne ``batch_norm(g=None)``)."""
+    """Batch norm with a learned shift but no learned scale (Lasagne ``batch_norm(g=None)``).
+
+    The scale is a constant buffer of ones rather than ``affine=False``: cuDNN's batch-norm
+    backward fails under ``torch.autograd.grad`` when the layer has no weight and bias.
+    """
 
     def __init__(self, num_features: int):
-        super().__init__(num_features, affine=False)
-        self.bias = nn.Parameter(torch.zeros(num_features))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x) + self.bias
+        super().__init__(num_features, affine=True)
+        del self.weight
+        self.register_buffer("weight", torch.ones(num_features), persistent=False)

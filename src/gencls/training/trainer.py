@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from gencls.config import TrainConfig
 from gencls.data import load_split, make_split
+from gencls.data.images import border_mean
 from gencls.errors import GenclsError
 from gencls.evaluation.metrics import predict_logits
 from gencls.methods import create_method
@@ -126,7 +127,7 @@ def train(config: TrainConfig | dict, resume: bool = False, overwrite: bool = Fa
     method = create_method(cfg.method, cfg.method_config, data.image_shape, len(data.classes)).to(device)
     meta = {"method": cfg.method, "dataset": cfg.dataset, "classes": data.classes,
             "image_shape": list(data.image_shape), "config": cfg.to_dict(),
-            "background": float(_border_mean(images)), "split_sizes": sizes}
+            "background": border_mean(images[:1000].float() / 255), "split_sizes": sizes}
     iters = len(split.unlabelled) // cfg.batch_size
     streams = method.unlabelled_batches
 
@@ -207,8 +208,3 @@ def train(config: TrainConfig | dict, resume: bool = False, overwrite: bool = Fa
         runlog.close()
     return out
 
-
-def _border_mean(images: torch.Tensor) -> float:
-    x = images[:1000].float() / 255
-    return float(torch.cat([x[..., 0, :].flatten(), x[..., -1, :].flatten(),
-                            x[..., :, 0].flatten(), x[..., :, -1].flatten()]).mean())
