@@ -26,6 +26,8 @@ def test_method_contract(name):
     assert losses and all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
     logits = m.classify(torch.rand(5, *SHAPE))
     assert logits.shape == (5, K)
+    score = m.ood_score(torch.rand(5, *SHAPE))
+    assert score.shape == (5,) and torch.isfinite(score).all()
     if m.can_generate:
         assert m.generate(6).shape == (6, *SHAPE)
         if not m.can_condition:

@@ -8,6 +8,9 @@ built from (config, image shape, number of classes) and implements:
   when you need numbers -- the trainer does so only when it reports, to avoid a host sync per step);
 - ``classify(x) -> logits`` (evaluation mode, EMA weights where the method keeps them);
 - ``generate(n, labels=None, generator=None) -> images`` in [0, 1], or ``CannotGenerate``;
+- ``ood_score(x) -> (N,)``: how much each input looks like the training data (higher = more
+  alike); the default is the maximum softmax probability, methods with a better signal
+  (a discriminator, a reconstruction or ELBO) override it;
 - ``state()`` / ``load_state(state)``: every network, optimizer and EMA, as nested dicts of
   tensors and plain values (the checkpoint module turns them into safetensors + JSON).
 
@@ -59,6 +62,10 @@ class Method(nn.Module):
     def generate(self, n: int, labels: torch.Tensor | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         raise CannotGenerate(f"method {self.name} cannot generate images")
+
+    def ood_score(self, x: torch.Tensor) -> torch.Tensor:
+        """Per image: higher means more like the training data. Default: max softmax probability."""
+        return self.classify(x).softmax(1).amax(1)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {}

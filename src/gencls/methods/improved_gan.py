@@ -85,8 +85,8 @@ class ImprovedGAN(Method):
         with self.evaluating():
             return self.ema.shadow(x)[0]
 
-    def discriminate(self, x):
-        """D(x) = Z/(Z+1), the probability that x is a real training-like image."""
+    def ood_score(self, x):
+        """D(x) = Z/(Z+1) of the (EMA) discriminator: the probability that x is real training-like data."""
         with self.evaluating():
             return ssl_gan_real_probability(self.ema.shadow(x)[0])
 
