@@ -1,6 +1,7 @@
 """The Python API; the CLI is a thin layer over these functions."""
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from gencls.data import find_images, load_image, load_split
 from gencls.errors import GenclsError, InputError
 from gencls.evaluation.metrics import classification_report, predict_logits
 from gencls.methods import Method, create_method
-from gencls.training.checkpoint import load_checkpoint, strip_prefixes
+from gencls.training.checkpoint import load_checkpoint, validate_modules
 from gencls.training.trainer import train as _train
 from gencls.utils import atomic_write_json, resolve_device
 
@@ -23,8 +24,8 @@ def train(config: TrainConfig | dict | None = None, resume: bool = False, overwr
 
     ``on_epoch_end(record, method)`` is called after every epoch (metrics record, live method).
     """
-    if config is None:
-        config = TrainConfig(**kwargs)
+    if config is None:  # on resume, keyword settings are only what changes (see RESUMABLE_OVERRIDES)
+        config = dict(kwargs) if resume else TrainConfig(**kwargs)
     elif kwargs:
         raise TypeError("pass either a config or keyword settings, not both")
     return _train(config, resume=resume, overwrite=overwrite, on_epoch_end=on_epoch_end)
@@ -33,7 +34,7 @@ def train(config: TrainConfig | dict | None = None, resume: bool = False, overwr
 @dataclass
 class Run:
     """A trained model loaded from a run folder."""
-    path: Path
+    path: Path | None  # the run folder (None for a checkpoint file outside one)
     method: Method
     config: TrainConfig
     classes: list[str]
@@ -65,8 +66,9 @@ class Run:
 def load_run(path: str | Path, which: str = "best", device: str = "cpu") -> Run:
     """Load a run folder's ``best`` (default) or ``last`` checkpoint, or a checkpoint file."""
     path = Path(path)
-    if path.is_file():
-        ck_path, run_dir = path, path.parent.parent
+    if path.is_file():  # a checkpoint file; results are written into its run folder, if it is in one
+        ck_path = path
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
     else:
         if not path.exists():
             raise InputError(f"{path}: no such run folder")
@@ -80,16 +82,7 @@ def load_run(path: str | Path, which: str = "best", device: str = "cpu") -> Run:
         method = create_method(meta["method"], cfg.method_config, image_shape, len(classes))
     except (KeyError, TypeError) as e:
         raise InputError(f"{ck_path}: checkpoint metadata incomplete ({e})") from None
-    modules = strip_prefixes(state["method"]["modules"])
-    expected = method.state_dict()
-    missing, extra = sorted(set(expected) - set(modules)), sorted(set(modules) - set(expected))
-    if missing or extra:
-        raise InputError(f"{ck_path}: tensors do not match method {meta['method']}: "
-                         f"missing {missing[:5]}, unexpected {extra[:5]}")
-    for k, v in expected.items():
-        if v.shape != modules[k].shape or v.dtype != modules[k].dtype:
-            raise InputError(f"{ck_path}: tensor {k} is {tuple(modules[k].shape)} {modules[k].dtype}, "
-                             f"method {meta['method']} needs {tuple(v.shape)} {v.dtype}")
+    modules = validate_modules(method, state["method"]["modules"], ck_path)
     method.load_state({**state["method"], "modules": modules}, with_optimizers=False)
     method.to(resolve_device(device)).eval()
     return Run(run_dir, method, cfg, classes, image_shape, meta)
@@ -109,6 +102,8 @@ def evaluate(run: Run | str | Path, split: str = "test", data_root: str | None =
         data = load_split(cfg.dataset, "test", root, log=log)
         x, y = data.images, data.labels
     elif split == "val":
+        if run.path is None:
+            raise GenclsError("--split val needs the run folder (its split.json), not a bare checkpoint file")
         data = load_split(cfg.dataset, "train", root, log=log)
         idx = torch.as_tensor(_split_indices(run)["validation"], dtype=torch.long)
         x, y = data.images[idx], data.labels[idx]
@@ -118,7 +113,7 @@ def evaluate(run: Run | str | Path, split: str = "test", data_root: str | None =
     report = {"split": split, "method": cfg.method, "dataset": cfg.dataset, "labels": cfg.labels,
               "checkpoint_epoch": run.meta.get("epoch"), "val_error": run.meta.get("val_error"),
               **classification_report(y, logits, run.classes)}
-    if write:
+    if write and run.path is not None:
         from gencls.evaluation.plots import plot_confusion
 
         name = "eval.json" if split == "test" else f"eval_{split}.json"
@@ -182,7 +177,7 @@ def generate(run: Run | str | Path, n: int = 100, seed: int | None = None,
     if n < 1:
         raise GenclsError(f"--n {n}: must be at least 1")
     gen = torch.Generator(device=run.device)
-    gen.manual_seed(seed if seed is not None else torch.seed())
+    gen.manual_seed(seed if seed is not None else secrets.randbits(63))  # leaves the global RNG alone
     if labels is not None:
         labels = torch.as_tensor(labels, dtype=torch.long, device=run.device)
     return run.method.generate(n, labels=labels, generator=gen).cpu()

@@ -85,27 +85,35 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("dataset", choices=["mnist"])
     f.add_argument("--root", help="data root (default: $GENCLS_DATA, else ~/.cache/gencls)")
 
-    t = sub.add_parser("train", help="train a method")
-    t.add_argument("--method", default="improved-gan", help=f"one of: {', '.join(list_methods())}")
-    t.add_argument("--dataset", default="mnist", help=f"one of: {', '.join(list_datasets())}")
-    t.add_argument("--labels", type=_labels, default=100, help="labelled training images, balanced, or 'all'")
-    t.add_argument("--epochs", type=_positive_int, default=10)
+    t = sub.add_parser("train", help="train a method",
+                       description="Train a method. With --resume only --out and the settings that may change "
+                                   "in a running run (epochs, minutes, checkpointing, device) are read.")
+    t.add_argument("--method", help=f"one of: {', '.join(list_methods())} (default improved-gan)")
+    t.add_argument("--dataset", help=f"one of: {', '.join(list_datasets())} (default mnist)")
+    t.add_argument("--labels", type=_labels, help="labelled training images, balanced, or 'all' (default 100)")
+    t.add_argument("--epochs", type=_positive_int, help="default 10")
     t.add_argument("--minutes", type=_positive_float, help="stop at the first epoch end after this many minutes")
-    t.add_argument("--seed", type=int, default=1, help="seed of the networks and the batch order")
-    t.add_argument("--data-seed", type=int, default=1, help="seed of the labelled/validation split")
-    t.add_argument("--val-size", type=_nonneg_int, default=5000, help="validation images carved from training")
+    t.add_argument("--seed", type=_nonneg_int, help="seed of the networks and the batch order (default 1)")
+    t.add_argument("--data-seed", type=_nonneg_int, help="seed of the labelled/validation split (default 1)")
+    t.add_argument("--val-size", type=_nonneg_int, help="validation images carved from training (default 5000)")
     t.add_argument("--subset", type=_positive_int, help="use a random subset of this many training images")
-    t.add_argument("--batch-size", type=_positive_int, default=100)
-    t.add_argument("--set", dest="settings", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+    t.add_argument("--batch-size", type=_positive_int, help="default 100")
+    t.add_argument("--set", dest="settings", type=_setting, action="append", metavar="KEY=VALUE",
                    help="a method setting, e.g. --set lr=0.001 (repeatable)")
     t.add_argument("--out", required=True, help="run folder")
-    t.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    t.add_argument("--device", help="auto, cpu or cuda[:N] (default auto)")
     t.add_argument("--threads", type=_positive_int, help="CPU threads (default: torch's choice)")
     t.add_argument("--data-root", help="data root (default: $GENCLS_DATA, else ~/.cache/gencls)")
+    t.add_argument("--checkpoint-every", type=_nonneg_int, help="also checkpoint every N steps (default: epoch ends)")
+    t.add_argument("--keep", type=_nonneg_int, help="keep the checkpoints of the last K epochs (default 0)")
+    t.add_argument("--on-nan", choices=["stop", "skip"], help="a NaN/inf loss or exploding gradient: stop (default) "
+                   "or skip the batch")
+    t.add_argument("--max-grad-norm", type=_positive_float, help="gradient norm counted as exploding (default 1e6)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="delete an existing run in --out first")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
+    t.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bar")
+    t.add_argument("--no-tensorboard", dest="tensorboard", action="store_const", const=False,
+                   help="no TensorBoard event files")
 
     e = sub.add_parser("evaluate", help="evaluate a run's best checkpoint")
     e.add_argument("run")
@@ -140,16 +148,19 @@ def cmd_data(args) -> int:
     return 0
 
 
+TRAIN_FLAGS = ("method", "dataset", "labels", "val_size", "subset", "epochs", "minutes", "batch_size", "seed",
+               "data_seed", "device", "out", "data_root", "threads", "progress", "tensorboard", "checkpoint_every",
+               "keep", "on_nan", "max_grad_norm")
+
+
 def cmd_train(args) -> int:
     from gencls.api import train
     from gencls.config import TrainConfig
 
-    cfg = TrainConfig(method=args.method, dataset=args.dataset, labels=args.labels, val_size=args.val_size,
-                      subset=args.subset, epochs=args.epochs, minutes=args.minutes, batch_size=args.batch_size,
-                      seed=args.seed, data_seed=args.data_seed, device=args.device, out=args.out,
-                      data_root=args.data_root, method_config=dict(args.settings), threads=args.threads,
-                      progress=not args.no_progress, tensorboard=not args.no_tensorboard)
-    out = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    given = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
+    if args.settings:
+        given["method_config"] = dict(args.settings)
+    out = train(given if args.resume else TrainConfig(**given), resume=args.resume, overwrite=args.overwrite)
     print(f"done: {out} (evaluate with `gencls evaluate {out}`)")
     return 0
 
@@ -157,12 +168,16 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from gencls.api import evaluate
 
-    r = evaluate(args.run, split=args.split, data_root=args.data_root)
+    from gencls.api import load_run
+
+    run = load_run(args.run)
+    r = evaluate(run, split=args.split, data_root=args.data_root)
     print(f"{r['method']} on {r['dataset']} {args.split} ({r['n']} images, checkpoint of epoch {r['checkpoint_epoch']}): "
           f"error {r['error_percent']:.2f}%, accuracy {100 * r['accuracy']:.2f}%")
     print("per-class accuracy: " + "  ".join(f"{c}: {100 * a:.1f}%" for c, a in r["per_class_accuracy"].items()))
-    name = "eval.json" if args.split == "test" else f"eval_{args.split}.json"
-    print(f"wrote {Path(args.run) / name} and the confusion matrix plot")
+    if run.path is not None:
+        name = "eval.json" if args.split == "test" else f"eval_{args.split}.json"
+        print(f"wrote {run.path / name} and the confusion matrix plot")
     return 0
 
 
@@ -170,6 +185,8 @@ def cmd_generate(args) -> int:
     from gencls.api import generate
     from gencls.training.runlog import save_grid
 
+    if Path(args.out).suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
+        raise GenclsError(f"--out {args.out}: give an image file name (.png, .jpg, ...)")
     images = generate(args.run, n=args.n, seed=args.seed)
     save_grid(images, args.out, nrow=args.nrow)
     print(f"wrote {args.n} generated images to {args.out}")
@@ -229,11 +246,20 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    from gencls.training.trainer import TrainingStopped
+
     try:
         return COMMANDS[args.command](args)
+    except TrainingStopped as e:
+        sys.stderr.write(f"gencls: {e}\n")
+        return e.exit_code
     except GenclsError as e:
         sys.stderr.write(f"gencls: error: {e}\n")
         return 2
+    except OSError as e:  # a file we could not read or write: say which, no traceback
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        sys.stderr.write(f"gencls: error: {e.strerror or e}{where}\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write("gencls: interrupted\n")
         return 130

@@ -27,6 +27,10 @@ class TrainConfig:
     sample_every: int = 1  # write a sample grid every N epochs (0: never)
     tensorboard: bool = True
     progress: bool = True
+    checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: epoch ends only)
+    keep: int = 0  # keep the checkpoints of the last K epochs besides last and best
+    on_nan: str = "stop"  # a non-finite loss or exploding gradient: "stop" or "skip" the batch
+    max_grad_norm: float = 1e6  # a gradient norm above this counts as exploding
 
     def validate(self) -> "TrainConfig":
         if isinstance(self.labels, str):
@@ -47,6 +51,16 @@ class TrainConfig:
             raise GenclsError(f"--subset {self.subset}: must be positive")
         if self.val_size < 0:
             raise GenclsError(f"--val-size {self.val_size}: must be 0 or more")
+        for name in ("seed", "data_seed"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or not 0 <= v < 2**31:
+                raise GenclsError(f"--{name.replace('_', '-')} {v}: must be an integer in [0, 2^31)")
+        if self.checkpoint_every < 0 or self.keep < 0:
+            raise GenclsError("--checkpoint-every and --keep must be 0 or more")
+        if self.on_nan not in ("stop", "skip"):
+            raise GenclsError(f"--on-nan {self.on_nan}: stop or skip")
+        if not self.max_grad_norm > 0:
+            raise GenclsError(f"--max-grad-norm {self.max_grad_norm}: must be positive")
         if self.threads is not None and self.threads < 1:
             raise GenclsError(f"--threads {self.threads}: must be at least 1")
         return self

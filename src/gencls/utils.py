@@ -14,12 +14,18 @@ from gencls.errors import GenclsError
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise GenclsError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
     try:
-        return torch.device(name)
-    except RuntimeError as e:
-        raise GenclsError(f"--device {name}: {e}") from None
+        device = torch.device(name)
+    except RuntimeError:
+        raise GenclsError(f"--device {name}: not a device (auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise GenclsError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise GenclsError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise GenclsError(f"--device {name}: only cpu and cuda are supported")
+    return device
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -28,6 +34,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600 files; give them the usual mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

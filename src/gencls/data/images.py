@@ -45,7 +45,7 @@ def load_image(path: str | os.PathLike, image_shape: tuple[int, int, int], inver
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 if im.width * im.height > MAX_PIXELS:
-                    raise InputError(f"{path}: {im.width}x{im.height} pixels is over the limit of {MAX_PIXELS}")
+                    raise InputError(f"{path}: too large ({im.width}x{im.height} pixels, the limit is {MAX_PIXELS})")
                 im.seek(0)  # first frame of animations
                 im = ImageOps.exif_transpose(im)
                 im = _to_mode(im, c)
@@ -54,8 +54,10 @@ def load_image(path: str | os.PathLike, image_shape: tuple[int, int, int], inver
                 arr = np.asarray(im, dtype=np.uint8)
     except InputError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise InputError(f"{path}: not a readable image ({e.__class__.__name__})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(f"{path}: too large to decode safely (decompression bomb guard)") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{path}: not a readable image") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise InputError(f"{path}: cannot decode image ({e})") from None
     x = torch.from_numpy(arr.copy()).float().div_(255)

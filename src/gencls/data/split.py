@@ -53,14 +53,15 @@ def make_split(targets: torch.Tensor, labels: int | str, val_size: int, data_see
     available = torch.tensor([len(ix) for ix in by_class])
     if val_size and val_size < k:
         raise GenclsError(f"--val-size {val_size}: needs at least one image per class ({k})")
-    val_counts = _balanced_counts(val_size, k, available, "--val-size", gen)
+    val_counts = _balanced_counts(val_size, k, available, "--val-size", torch.Generator().manual_seed(int(data_seed) + 1))
     if labels == "all":
         lab_counts = available - val_counts
     else:
         labels = int(labels)
         if labels < k:
             raise GenclsError(f"--labels {labels}: need at least one labelled image per class ({k} classes)")
-        lab_counts = _balanced_counts(labels, k, available - val_counts, "--labels", gen)
+        lab_counts = _balanced_counts(labels, k, available - val_counts, "--labels",
+                                      torch.Generator().manual_seed(int(data_seed) + 2))
     # labelled images come first in each class's order, validation images after them
     labelled = torch.cat([ix[: lab_counts[c]] for c, ix in enumerate(by_class)])
     validation = torch.cat([ix[len(ix) - val_counts[c]:] if val_counts[c] else ix[:0]

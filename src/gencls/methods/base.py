@@ -19,6 +19,8 @@ The trainer, data, evaluation and CLI only ever go through this interface.
 from __future__ import annotations
 
 import contextlib
+import math
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -29,6 +31,18 @@ from gencls.errors import GenclsError
 
 class CannotGenerate(GenclsError):
     """The method has no generator, or cannot condition on a class."""
+
+
+class NonFiniteError(GenclsError):
+    """A loss term or gradient norm is NaN, infinite or exploding (with the guard's policy "stop")."""
+
+
+@dataclass
+class StepGuard:
+    """What ``Method.optimizer_step`` does with a non-finite loss or an exploding gradient norm."""
+    policy: str = "stop"  # "stop": raise NonFiniteError; "skip": drop the update and count it
+    max_grad_norm: float = 1e6
+    skipped: int = 0
 
 
 class Method(nn.Module):
@@ -45,9 +59,11 @@ class Method(nn.Module):
         if unknown:
             raise GenclsError(f"method {self.name}: unknown setting(s) {', '.join(unknown)} "
                               f"(known: {', '.join(sorted(self.default_config)) or 'none'})")
-        self.config = {**self.default_config, **(config or {})}
+        self.config = {**self.default_config, **{k: _coerce(self.name, k, v, self.default_config[k])
+                                                  for k, v in (config or {}).items()}}
         self.image_shape = tuple(image_shape)
         self.num_classes = num_classes
+        self.guard = StepGuard()
 
     # --- the contract ---------------------------------------------------------------------
     def setup(self, x: torch.Tensor) -> None:
@@ -62,6 +78,27 @@ class Method(nn.Module):
     def generate(self, n: int, labels: torch.Tensor | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         raise CannotGenerate(f"method {self.name} cannot generate images")
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, terms: dict[str, torch.Tensor]) -> bool:
+        """Step ``optimizer`` on the gradients in ``.grad`` unless a loss term in ``terms`` or the
+        gradient norm is not finite or above ``guard.max_grad_norm``; then raise (policy "stop")
+        or drop the update and count it (policy "skip"). One host sync per call."""
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
+        names = [*terms, "gradient norm"]
+        values = torch.stack([t.detach().float().reshape(()) for t in terms.values()] + [gnorm.float()]).tolist()
+        bad = next(((n, v) for n, v in zip(names, values) if not math.isfinite(v)), None)
+        if bad is None and values[-1] > self.guard.max_grad_norm:
+            bad = ("gradient norm", values[-1])
+        if bad is None:
+            optimizer.step()
+            return True
+        if self.guard.policy == "stop":
+            what = "exploded" if math.isfinite(bad[1]) else "is not finite"
+            raise NonFiniteError(f"{bad[0]} {what} ({bad[1]:.4g})")
+        optimizer.zero_grad(set_to_none=True)
+        self.guard.skipped += 1
+        return False
 
     def ood_score(self, x: torch.Tensor) -> torch.Tensor:
         """Per image: higher means more like the training data. Default: max softmax probability."""
@@ -131,4 +168,33 @@ def get_method_class(name: str) -> type[Method]:
 
 
 def create_method(name: str, config: dict | None, image_shape, num_classes: int) -> Method:
-    return get_method_class(name)(config, tuple(image_shape), int(num_classes))
+    cls = get_method_class(name)
+    try:
+        return cls(config, tuple(image_shape), int(num_classes))
+    except (ValueError, TypeError) as e:  # e.g. an optimiser refusing lr=-1
+        raise GenclsError(f"method {name}: invalid setting ({e})") from None
+
+
+def _coerce(method: str, key: str, value: Any, default: Any) -> Any:
+    """A setting given on the command line, converted to the type of its default."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if isinstance(default, float):
+            v = float(value)
+            if not math.isfinite(v):
+                raise ValueError(value)
+            return v
+        if isinstance(default, (list, tuple)):
+            return [type(default[0])(x) for x in value] if default else list(value)
+    except (ValueError, TypeError):
+        raise GenclsError(f"method {method}: setting {key}={value!r} must be a {type(default).__name__}") from None
+    return value

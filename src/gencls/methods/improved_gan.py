@@ -23,12 +23,13 @@ class ImprovedGAN(Method):
     description = "K-logit semi-supervised GAN with feature matching (Salimans et al. 2016)"
     can_generate = True
     unlabelled_batches = 2  # one for the discriminator, an independent one for feature matching
-    default_config = {"lr": 0.003, "beta1": 0.5, "adam_eps": 1e-4, "unlabelled_weight": 1.0, "ema_decay": 0.999, "nz": 100}
+    default_config = {"lr": 0.003, "beta1": 0.5, "adam_eps": 1e-4, "unlabelled_weight": 1.0, "ema_decay": 0.999,
+                      "hidden": [1000, 500, 250, 250, 250], "nz": 100}
 
     def __init__(self, config, image_shape, num_classes):
         super().__init__(config, image_shape, num_classes)
         c = self.config
-        self.disc = MLPClassifier(math.prod(self.image_shape), num_classes)
+        self.disc = MLPClassifier(math.prod(self.image_shape), num_classes, hidden=tuple(c["hidden"]))
         self.gen = MLPGenerator(self.image_shape, nz=int(c["nz"]))
         self.ema = EMA(self.disc, c["ema_decay"])
         betas = (c["beta1"], 0.999)
@@ -62,7 +63,7 @@ class ImprovedGAN(Method):
         loss_unl = ssl_gan_unlabelled_loss(l_unl, l_fake)
         self.opt_d.zero_grad(set_to_none=True)
         (loss_lab + self.config["unlabelled_weight"] * loss_unl).backward()
-        self.opt_d.step()
+        self.optimizer_step(self.opt_d, {"loss_lab": loss_lab, "loss_unl": loss_unl})
         self.ema.update(self.disc)
 
         # generator: feature matching against an independent unlabelled batch
@@ -75,7 +76,7 @@ class ImprovedGAN(Method):
         grads = torch.autograd.grad(loss_gen, gen_params)  # no gradients for the discriminator's weights
         for p, g in zip(gen_params, grads):
             p.grad = g
-        self.opt_g.step()
+        self.optimizer_step(self.opt_g, {"loss_gen": loss_gen})
 
         train_err = (l_lab.detach().argmax(1) != y_lab).float().mean()
         return {"loss_lab": loss_lab.detach(), "loss_unl": loss_unl.detach(), "loss_gen": loss_gen.detach(),

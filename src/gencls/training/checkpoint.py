@@ -92,3 +92,26 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     except KeyError as e:
         raise InputError(f"{path}: checkpoint refers to a missing tensor {e}") from None
     return state, doc.get("meta", {})
+
+
+def validate_modules(method, modules: dict[str, torch.Tensor], path: str | Path) -> dict[str, torch.Tensor]:
+    """Check a checkpoint's module tensors against the method's networks (after stripping
+    DDP/compile prefixes); raises ``InputError`` naming the file and the first mismatch."""
+    modules = strip_prefixes(modules)
+    expected = method.state_dict()
+    missing, extra = sorted(set(expected) - set(modules)), sorted(set(modules) - set(expected))
+    if missing or extra:
+        raise InputError(f"{path}: tensors do not match method {method.name}: "
+                         f"missing {missing[:5]}, unexpected {extra[:5]}")
+    for k, v in expected.items():
+        if v.shape != modules[k].shape or v.dtype != modules[k].dtype:
+            raise InputError(f"{path}: tensor {k} is {tuple(modules[k].shape)} {modules[k].dtype}, "
+                             f"method {method.name} needs {tuple(v.shape)} {v.dtype}")
+    return modules
+
+
+def checkpoint_bytes_estimate(method) -> int:
+    """Bytes of one checkpoint: the networks, plus optimizer moments (two per trained parameter)."""
+    params = sum(t.numel() * t.element_size() for t in method.state_dict().values())
+    trained = sum(p.numel() * p.element_size() for p in method.parameters() if p.requires_grad)
+    return params + 2 * trained + 2**16

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from gencls.utils import atomic_write_bytes
+
 
 class RunLog:
     def __init__(self, run_dir: Path, tensorboard: bool = True, truncate_after_epoch: int | None = None):
@@ -26,9 +28,8 @@ class RunLog:
         """On resume, drop lines of epochs after the checkpoint (they will be trained again)."""
         if not self.metrics_path.exists():
             return
-        keep = [ln for ln in self.metrics_path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("epoch", 0) <= epoch]
-        self.metrics_path.write_text("".join(ln + "\n" for ln in keep))
+        keep = [ln for ln, rec in _parse_lines(self.metrics_path) if rec.get("epoch", 0) <= epoch]
+        atomic_write_bytes(self.metrics_path, "".join(ln + "\n" for ln in keep).encode())
 
     def epoch(self, record: dict) -> None:
         with open(self.metrics_path, "a") as f:
@@ -52,11 +53,20 @@ class RunLog:
             self.tb.close()
 
 
+def _parse_lines(path: Path):
+    """(line, record) for each well-formed line; a line torn by a crash is skipped."""
+    for ln in path.read_text().splitlines():
+        try:
+            rec = json.loads(ln)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            yield ln, rec
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     p = Path(run_dir) / "metrics.jsonl"
-    if not p.exists():
-        return []
-    return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
+    return [rec for _, rec in _parse_lines(p)] if p.exists() else []
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 10) -> None:

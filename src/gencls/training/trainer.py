@@ -1,8 +1,18 @@
-"""The training loop. It knows methods only through the registry and the method contract."""
+"""The training loop. It knows methods only through the registry and the method contract.
+
+Crash safety: checkpoints are written atomically (``best`` first, then ``last``, which is the
+commit point), every epoch and every ``checkpoint_every`` steps. A checkpoint taken inside an
+epoch records the position in the epoch and the partial loss sums, and the batch order of an
+epoch is a pure function of (seed, epoch), so ``--resume`` after a kill continues with exactly
+the numbers an uninterrupted run would have produced (on the same device and thread count).
+SIGINT/SIGTERM stop after the current step with a checkpoint.
+"""
 from __future__ import annotations
 
 import math
 import shutil
+import signal
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -16,30 +26,48 @@ from gencls.data import load_split, make_split
 from gencls.data.images import border_mean
 from gencls.errors import GenclsError
 from gencls.evaluation.metrics import predict_logits
-from gencls.methods import create_method
-from gencls.training.checkpoint import load_checkpoint, save_checkpoint
+from gencls.methods import NonFiniteError, create_method
+from gencls.training.checkpoint import checkpoint_bytes_estimate, load_checkpoint, save_checkpoint, validate_modules
 from gencls.training.runlog import RunLog, save_grid
 from gencls.utils import atomic_write_json, read_json, resolve_device
 
 # Settings a resumed run may change; everything else comes from the run's config.json.
-RESUMABLE_OVERRIDES = ("epochs", "minutes", "device", "progress", "threads", "sample_every", "tensorboard")
+RESUMABLE_OVERRIDES = ("epochs", "minutes", "progress", "sample_every", "tensorboard", "checkpoint_every",
+                       "keep", "on_nan", "max_grad_norm")
 INIT_BATCH = 500  # images for the data-dependent initialisation
 EVAL_BATCH = 1000
+SAMPLE_SEED = 12345
 
 
-def _prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> Path:
-    out = Path(cfg.out)
+class TrainingStopped(GenclsError):
+    """Training stopped early (a signal or a diverging loss); the last checkpoint is intact."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _looks_like_run(folder: Path) -> bool:
+    return (folder / "config.json").exists() or (folder / "checkpoints").is_dir()
+
+
+def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise GenclsError(f"--out {out}: exists and is not a folder")
-    last = out / "checkpoints" / "last.safetensors"
     if resume:
-        if not last.exists():
-            raise GenclsError(f"--resume: {out} has no checkpoint to resume from ({last} missing)")
-        return out
+        if not (out / "checkpoints" / "last.safetensors").exists():
+            raise GenclsError(f"--resume: {out} has no checkpoint to resume from (checkpoints/last.safetensors missing)")
+        return
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise GenclsError(f"--out {out}: the run folder exists and is not empty "
                               "(use --resume to continue it or --overwrite to start again)")
+        if not _looks_like_run(out):
+            raise GenclsError(f"--out {out}: --overwrite only replaces a gencls run folder, and this one is not")
+
+
+def _make_run_dir(out: Path, overwrite: bool, need_bytes: int) -> None:
+    if overwrite and out.exists() and _looks_like_run(out):
         shutil.rmtree(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -48,7 +76,34 @@ def _prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> Path:
         probe.unlink()
     except OSError as e:
         raise GenclsError(f"--out {out}: cannot write there ({e.strerror or e})") from None
-    return out
+    free = shutil.disk_usage(out).free
+    if free < need_bytes:
+        raise GenclsError(f"--out {out}: {free / 2**20:.0f} MiB free, checkpoints need about "
+                          f"{need_bytes / 2**20:.0f} MiB; free some space or choose another folder")
+
+
+def _resolve_config(config: TrainConfig | dict, resume: bool) -> TrainConfig:
+    """The run's configuration. On resume, the saved config.json wins, except RESUMABLE_OVERRIDES
+    given explicitly (a dict holds only what the user gave; a TrainConfig gives them all)."""
+    if not resume:
+        return (TrainConfig.from_dict(config) if isinstance(config, dict) else replace(config)).validate()
+    given = dict(config) if isinstance(config, dict) else {k: getattr(config, k) for k in ("out", *RESUMABLE_OVERRIDES)}
+    if "out" not in given:
+        raise GenclsError("--resume needs --out RUN")
+    out = Path(given["out"])
+    _check_out_dir(out, resume=True, overwrite=False)
+    saved = TrainConfig.from_dict(read_json(out / "config.json"))
+    ignored = sorted(k for k, v in given.items() if k not in ("out", *RESUMABLE_OVERRIDES, "device", "threads")
+                     and v is not None and v != getattr(saved, k, v))
+    if ignored:
+        raise GenclsError(f"--resume: {', '.join(ignored)} cannot change in a resumed run "
+                          f"(they are fixed by {out / 'config.json'})")
+    overrides = {k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES and v is not None}
+    cfg = replace(saved, out=str(out), **overrides)
+    for k in ("device", "threads"):  # where to run may change; the numbers then may differ slightly
+        if given.get(k) is not None:
+            setattr(cfg, k, given[k])
+    return cfg.validate()
 
 
 def _subset_indices(n: int, subset: int | None, data_seed: int) -> torch.Tensor | None:
@@ -60,13 +115,13 @@ def _subset_indices(n: int, subset: int | None, data_seed: int) -> torch.Tensor 
 
 def _epoch_batches(split, iters: int, batch: int, streams: int, seed: int, epoch: int):
     """Index tensors (iters, batch) for one epoch, fixed by (seed, epoch) so a resume draws the same."""
-    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + epoch)
+    gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + epoch) % (2**63))
     unl = [split.unlabelled[torch.randperm(len(split.unlabelled), generator=gen)[: iters * batch]].view(iters, batch)
            for _ in range(streams)]
     n_lab = len(split.labelled)
     reps = math.ceil(iters * batch / n_lab)
     lab = torch.cat([split.labelled[torch.randperm(n_lab, generator=gen)] for _ in range(reps)])[: iters * batch]
-    return lab.view(iters, batch), unl
+    return lab.view(iters, batch), (torch.cat(unl, dim=1) if streams else None)
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -82,10 +137,35 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def error_rate(method, x: torch.Tensor, y: torch.Tensor) -> float:
+def error_rate(method, x: torch.Tensor, y: torch.Tensor) -> float | None:
+    """Classification error, or None when there is nothing to evaluate."""
     if len(y) == 0:
-        return float("nan")
+        return None
     return float((predict_logits(method, x, EVAL_BATCH).argmax(1) != y).float().mean())
+
+
+class _StopSignals:
+    """SIGINT/SIGTERM set a flag that the loop checks after each step; a second one interrupts at once."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        return False
 
 
 def train(config: TrainConfig | dict, resume: bool = False, overwrite: bool = False,
@@ -93,20 +173,18 @@ def train(config: TrainConfig | dict, resume: bool = False, overwrite: bool = Fa
           on_epoch_end: Callable[[dict, object], None] | None = None) -> Path:
     """Train a method as configured; returns the run folder.
 
-    ``on_epoch_end(record, method)`` is called after each epoch's metrics are written (used by
-    benchmarks). Interrupting (Ctrl-C) keeps every finished epoch: resume with ``resume=True``.
+    With ``resume=True``, ``config`` may be a dict holding only ``out`` and the settings to change
+    (see ``RESUMABLE_OVERRIDES``). ``on_epoch_end(record, method)`` is called after each epoch's
+    metrics are written (used by benchmarks).
     """
-    cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else replace(config)
-    cfg.validate()
-    out = _prepare_run_dir(cfg, resume, overwrite)
-    if resume:
-        saved = TrainConfig.from_dict(read_json(out / "config.json"))
-        cfg = replace(saved, **{k: getattr(cfg, k) for k in RESUMABLE_OVERRIDES}).validate()
+    cfg = _resolve_config(config, resume)
+    out = Path(cfg.out)
+    _check_out_dir(out, resume, overwrite)
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
-    # data: whole training set in memory, on the device
+    # everything a user can get wrong is checked before the run folder is touched
     data = load_split(cfg.dataset, "train", cfg.data_root, log=log)
     images, targets = data.images, data.labels
     sub = _subset_indices(len(targets), cfg.subset, cfg.data_seed)
@@ -116,95 +194,151 @@ def train(config: TrainConfig | dict, resume: bool = False, overwrite: bool = Fa
     if len(split.unlabelled) < cfg.batch_size:
         raise GenclsError(f"only {len(split.unlabelled)} training images outside validation, "
                           f"fewer than one batch ({cfg.batch_size})")
+    torch.manual_seed(cfg.seed)
+    method = create_method(cfg.method, cfg.method_config, data.image_shape, len(data.classes)).to(device)
+    method.guard.policy, method.guard.max_grad_norm = cfg.on_nan, cfg.max_grad_norm
+    if not resume:
+        _make_run_dir(out, overwrite, need_bytes=(2 + cfg.keep) * checkpoint_bytes_estimate(method) + 2**20)
+
     sizes = split.sizes()
     log(f"data: {cfg.dataset} train {len(targets)} images -> labelled {sizes['labelled']}, "
         f"validation {sizes['validation']}, unlabelled {sizes['unlabelled']} (data seed {cfg.data_seed})")
     x_all = images.to(device).float().div_(255)
     y_all = targets.to(device)
     x_val, y_val = x_all[split.validation.to(device)], y_all[split.validation.to(device)]
-
-    torch.manual_seed(cfg.seed)
-    method = create_method(cfg.method, cfg.method_config, data.image_shape, len(data.classes)).to(device)
     meta = {"method": cfg.method, "dataset": cfg.dataset, "classes": data.classes,
             "image_shape": list(data.image_shape), "config": cfg.to_dict(),
             "background": border_mean(images[:1000].float() / 255), "split_sizes": sizes}
     iters = len(split.unlabelled) // cfg.batch_size
     streams = method.unlabelled_batches
+    split_tensors = {"labelled": split.labelled, "validation": split.validation}
+    ck_dir = out / "checkpoints"
 
-    start_epoch, step, best = 0, 0, {"val_error": float("inf"), "epoch": 0}
+    # where to start: a fresh run, or the position of the last checkpoint (possibly mid-epoch)
+    epoch, epoch_step, step, best, sums = 1, 0, 0, {"val_error": None, "epoch": 0}, {}
     if resume:
-        state, ck = load_checkpoint(out / "checkpoints" / "last.safetensors")
+        last = ck_dir / "last.safetensors"
+        state, ck = load_checkpoint(last)
+        for k, v in split_tensors.items():
+            if not torch.equal(state["split"][k], v):
+                raise GenclsError(f"--resume: the {k} split recomputed from the data differs from the one in "
+                                  f"{last}; the dataset files changed since the run started")
+        validate_modules(method, state["method"]["modules"], last)
         method.load_state(state["method"])
         _set_rng_state(state["rng"], device)
-        start_epoch, step, best = ck["epoch"], ck["step"], ck["best"]
-        log(f"resuming {out} after epoch {start_epoch} (step {step})")
+        step, best, epoch_step = ck["step"], ck["best"], ck.get("epoch_step", 0)
+        epoch = ck["epoch"] + 1
+        sums = {k: v.to(device) for k, v in state.get("sums", {}).items()}
+        method.guard.skipped = ck.get("skipped_steps", 0)
+        where = f"epoch {epoch}, step {epoch_step} of {iters}" if epoch_step else f"the end of epoch {ck['epoch']}"
+        log(f"resuming {out} from {where} (global step {step})")
     else:
         atomic_write_json(out / "config.json", cfg.to_dict())
         atomic_write_json(out / "split.json", {"data_seed": cfg.data_seed, "subset": None if sub is None else sub.tolist(),
                                                "labelled": split.labelled.tolist(),
                                                "validation": split.validation.tolist()})
-        init_idx = split.unlabelled[torch.randperm(len(split.unlabelled), generator=torch.Generator().manual_seed(cfg.seed))[:INIT_BATCH]]
+        init_gen = torch.Generator().manual_seed(cfg.seed)
+        init_idx = split.unlabelled[torch.randperm(len(split.unlabelled), generator=init_gen)[:INIT_BATCH]]
         method.train()
         method.setup(x_all[init_idx.to(device)])
     log(f"method: {cfg.method} ({method.parameter_count():,} parameters) on {device}, "
-        f"{iters} iterations of batch {cfg.batch_size} per epoch, epochs {start_epoch + 1}..{cfg.epochs}")
+        f"{iters} iterations of batch {cfg.batch_size} per epoch, epochs {epoch}..{cfg.epochs}")
 
-    runlog = RunLog(out, cfg.tensorboard, truncate_after_epoch=start_epoch if resume else None)
-    sample_gen_seed = 12345
-    split_tensors = {"labelled": split.labelled, "validation": split.validation}
+    runlog = RunLog(out, cfg.tensorboard, truncate_after_epoch=epoch - 1 if resume else None)
+
+    def checkpoint(epoch_done: int, at_step: int, sums_now: dict, names: tuple[str, ...] = ("last",)) -> None:
+        state = {"method": method.state(), "rng": _rng_state(device), "split": split_tensors,
+                 "sums": {k: v.detach() for k, v in sums_now.items()}}
+        ck_meta = {**meta, "epoch": epoch_done, "epoch_step": at_step, "step": step, "best": best,
+                   "skipped_steps": method.guard.skipped}
+        try:
+            for name in names:  # "last" goes last: it is the commit point
+                save_checkpoint(ck_dir / f"{name}.safetensors", state, ck_meta)
+        except OSError as e:
+            raise TrainingStopped(f"could not write a checkpoint into {ck_dir} ({e.strerror or e}); "
+                                  "the previous complete checkpoint is kept") from None
+
     t_start = time.time()
     try:
-        for epoch in range(start_epoch + 1, cfg.epochs + 1):
-            t0 = time.time()
-            lab_idx, unl_idx = _epoch_batches(split, iters, cfg.batch_size, streams, cfg.seed, epoch)
-            lab_idx = lab_idx.to(device)
-            unl_idx = torch.cat(unl_idx, dim=1).to(device) if streams else None
-            method.train()
-            sums: dict[str, torch.Tensor] = {}
-            bar = tqdm(range(iters), desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress,
-                       leave=False, dynamic_ncols=True)
-            for i in bar:
-                li = lab_idx[i]
-                x_unl = x_all[unl_idx[i]] if streams else None
-                losses = method.train_step(x_all[li], y_all[li], x_unl)
-                for k, v in losses.items():
-                    sums[k] = sums[k] + v if k in sums else v.clone()
-                step += 1
-                if (i + 1) % 50 == 0 or i + 1 == iters:
-                    avg = {k: float(v) / (i + 1) for k, v in sums.items()}
-                    bar.set_postfix({k: f"{v:.3f}" for k, v in avg.items()}, refresh=False)
-                    runlog.scalars({k: float(v) for k, v in losses.items()}, step)
-            train_seconds = time.time() - t0
-            val_error = error_rate(method, x_val, y_val)
-            record = {"epoch": epoch, "step": step, "val_error": val_error,
-                      **{k: float(v) / iters for k, v in sums.items()},
-                      "epoch_seconds": train_seconds, "images_per_second": iters * cfg.batch_size / train_seconds}
-            is_best = val_error < best["val_error"]
-            if is_best:
-                best = {"val_error": val_error, "epoch": epoch}
-            record["best_val_error"] = best["val_error"]
-            runlog.epoch(record)
-            ck_state = {"method": method.state(), "rng": _rng_state(device), "split": split_tensors}
-            ck_meta = {**meta, "epoch": epoch, "step": step, "best": best, "val_error": val_error}
-            save_checkpoint(out / "checkpoints" / "last.safetensors", ck_state, ck_meta)
-            if is_best:
-                save_checkpoint(out / "checkpoints" / "best.safetensors", ck_state, ck_meta)
-            if method.can_generate and cfg.sample_every and epoch % cfg.sample_every == 0:
-                g = torch.Generator(device=device).manual_seed(sample_gen_seed)
-                save_grid(method.generate(100, generator=g), out / "samples" / f"epoch_{epoch:03d}.png")
-            log(f"epoch {epoch}/{cfg.epochs}: val error {100 * val_error:.2f}% (best {100 * best['val_error']:.2f}% "
-                f"at epoch {best['epoch']}), " + ", ".join(f"{k} {float(v) / iters:.4f}" for k, v in sums.items())
-                + f", {train_seconds:.1f}s")
-            if on_epoch_end is not None:
-                on_epoch_end(record, method)
-            if cfg.minutes is not None and time.time() - t_start > 60 * cfg.minutes and epoch < cfg.epochs:
-                log(f"stopping after epoch {epoch}: the {cfg.minutes}-minute budget is spent")
-                break
+        with _StopSignals() as signals:
+            while epoch <= cfg.epochs:
+                t0 = time.time()
+                lab_idx, unl_idx = _epoch_batches(split, iters, cfg.batch_size, streams, cfg.seed, epoch)
+                lab_idx = lab_idx.to(device)
+                unl_idx = unl_idx.to(device) if streams else None
+                method.train()
+                bar = tqdm(range(epoch_step, iters), initial=epoch_step, total=iters, desc=f"epoch {epoch}/{cfg.epochs}",
+                           disable=not cfg.progress, leave=False, dynamic_ncols=True)
+                for i in bar:
+                    li = lab_idx[i]
+                    try:
+                        losses = method.train_step(x_all[li], y_all[li], x_all[unl_idx[i]] if streams else None)
+                    except NonFiniteError as e:
+                        raise TrainingStopped(
+                            f"step {step + 1} (epoch {epoch}): {e}; stopped. The last good checkpoint "
+                            f"({ck_dir / 'last.safetensors'}) is kept; --on-nan skip skips such batches instead") from None
+                    for k, v in losses.items():
+                        sums[k] = sums[k] + v if k in sums else v.clone()
+                    step += 1
+                    if (i + 1) % 50 == 0 or i + 1 == iters:
+                        bar.set_postfix({k: f"{float(v) / (i + 1):.3f}" for k, v in sums.items()}, refresh=False)
+                        runlog.scalars({k: float(v) for k, v in losses.items()}, step)
+                    if signals.signum is not None and i + 1 < iters:
+                        checkpoint(epoch - 1, i + 1, sums)
+                        name = signal.Signals(signals.signum).name
+                        raise TrainingStopped(f"{name}: stopped after step {step} (epoch {epoch}, {i + 1}/{iters}); "
+                                              f"checkpoint written. Continue with `gencls train --resume --out {out}`",
+                                              exit_code=130 if signals.signum == signal.SIGINT else 143)
+                    if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and i + 1 < iters:
+                        checkpoint(epoch - 1, i + 1, sums)
+                bar.close()
+                train_seconds = time.time() - t0
+                bad = [k for k, v in sums.items() if not math.isfinite(float(v))]
+                if bad:  # a method that does not guard its steps: never checkpoint a diverged model
+                    raise TrainingStopped(f"epoch {epoch}: loss term {bad[0]} is not finite; stopped. The last good "
+                                          f"checkpoint ({ck_dir / 'last.safetensors'}) is kept")
+                val_error = error_rate(method, x_val, y_val)
+                is_best = best["val_error"] is None or (val_error is not None and val_error < best["val_error"])
+                if val_error is None:  # no validation set: the latest model is the selected one
+                    is_best = True
+                if is_best:
+                    best = {"val_error": val_error, "epoch": epoch}
+                record = {"epoch": epoch, "step": step, "val_error": val_error,
+                          **{k: float(v) / iters for k, v in sums.items()},
+                          "best_val_error": best["val_error"], "skipped_steps": method.guard.skipped,
+                          "epoch_seconds": train_seconds,
+                          "images_per_second": (iters - epoch_step) * cfg.batch_size / max(train_seconds, 1e-9)}
+                try:
+                    runlog.epoch(record)
+                    names = ("best", "last") if is_best else ("last",)
+                    if cfg.keep:
+                        names = (f"epoch_{epoch:04d}", *names)
+                    checkpoint(epoch, 0, {}, names)
+                    if cfg.keep:
+                        for old in sorted(ck_dir.glob("epoch_*.safetensors"))[: -cfg.keep]:
+                            old.unlink(missing_ok=True)
+                            old.with_suffix(".json").unlink(missing_ok=True)
+                    if method.can_generate and cfg.sample_every and epoch % cfg.sample_every == 0:
+                        g = torch.Generator(device=device).manual_seed(SAMPLE_SEED)
+                        save_grid(method.generate(100, generator=g), out / "samples" / f"epoch_{epoch:03d}.png")
+                except OSError as e:
+                    raise TrainingStopped(f"could not write into {out} ({e.strerror or e}); "
+                                          "the previous complete checkpoint is kept") from None
+                val_txt = "n/a" if val_error is None else f"{100 * val_error:.2f}%"
+                best_txt = "" if val_error is None else f" (best {100 * best['val_error']:.2f}% at epoch {best['epoch']})"
+                log(f"epoch {epoch}/{cfg.epochs}: val error {val_txt}{best_txt}, "
+                    + ", ".join(f"{k} {float(v) / iters:.4f}" for k, v in sums.items())
+                    + (f", skipped {method.guard.skipped} steps" if method.guard.skipped else "")
+                    + f", {train_seconds:.1f}s")
+                if on_epoch_end is not None:
+                    on_epoch_end(record, method)
+                epoch, epoch_step, sums = epoch + 1, 0, {}
+                if cfg.minutes is not None and time.time() - t_start > 60 * cfg.minutes and epoch <= cfg.epochs:
+                    log(f"stopping after epoch {epoch - 1}: the {cfg.minutes}-minute budget is spent")
+                    break
     except KeyboardInterrupt:
-        log(f"\ninterrupted: finished epochs are saved in {out}; continue with "
-            f"`gencls train --resume --out {out}`")
-        raise
+        raise TrainingStopped(f"interrupted; finished epochs are saved in {out}. Continue with "
+                              f"`gencls train --resume --out {out}`", exit_code=130) from None
     finally:
         runlog.close()
     return out
-
