@@ -31,4 +31,8 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
+    if name in ("api", "config", "data", "evaluation", "export", "methods", "nets", "server", "training"):
+        import importlib
+
+        return importlib.import_module(f"gencls.{name}")
     raise AttributeError(f"module 'gencls' has no attribute {name!r}")
