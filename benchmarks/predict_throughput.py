@@ -62,10 +62,7 @@ def main() -> int:
     xn = x.numpy()
 
     def torch_mem():
-        with torch.no_grad():
-            for i in range(0, len(x), args.batch):
-                run.predict_proba(x[i : i + args.batch], args.batch)
-                run.ood_scores(x[i : i + args.batch], args.batch)
+        run.probabilities_and_scores(x, args.batch)
 
     def ort_mem():
         for i in range(0, len(xn), args.batch):

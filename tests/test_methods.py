@@ -26,8 +26,11 @@ def test_method_contract(name):
     assert losses and all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
     logits = m.classify(torch.rand(5, *SHAPE))
     assert logits.shape == (5, K)
-    score = m.ood_score(torch.rand(5, *SHAPE))
+    x = torch.rand(5, *SHAPE)
+    score = m.ood_score(x)
     assert score.shape == (5,) and torch.isfinite(score).all()
+    both = m.classify_and_score(x)
+    assert torch.allclose(both[0], m.classify(x)) and torch.allclose(both[1], score)
     if m.can_generate:
         assert m.generate(6).shape == (6, *SHAPE)
         assert m.latent_distribution

@@ -141,7 +141,9 @@ def test_batcher_batches_waiting_requests_off_the_event_loop():
 
         t = asyncio.create_task(ticker())
         xs = [np.full((1, 1, 2, 2), i, np.float32) for i in range(8)]
-        outs = await asyncio.gather(*(b.submit(x) for x in xs))
+        first = asyncio.create_task(b.submit(xs[0]))
+        await asyncio.sleep(0.05)  # the model is now busy with the first request
+        outs = await asyncio.gather(first, *(b.submit(x) for x in xs[1:]))
         t.cancel()
         b.close()
         return outs, ticks

@@ -74,11 +74,22 @@ class Run:
 
         return score_batches(self.method, self._check(x).float(), batch_size)
 
-    def analyse(self, x: torch.Tensor, top_k: int = 3) -> list[dict[str, Any]]:
-        """Per image: class, probability, top-k, out-of-distribution score and flag (one batch)."""
+    def probabilities_and_scores(self, x: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class probabilities and out-of-distribution scores, from one pass where the method can."""
+        x = self._check(x).float()
+        probs, scores = [], []
         with torch.no_grad():
-            probs = self.predict_proba(x, batch_size=len(x) or 1)
-            scores = self.ood_scores(x, batch_size=len(x) or 1)
+            for i in range(0, len(x), batch_size):
+                logits, score = self.method.classify_and_score(x[i : i + batch_size].to(self.device))
+                probs.append(logits.float().softmax(1).cpu())
+                scores.append(score.float().cpu())
+        if not probs:
+            return torch.empty(0, len(self.classes)), torch.empty(0)
+        return torch.cat(probs), torch.cat(scores)
+
+    def analyse(self, x: torch.Tensor, top_k: int = 3) -> list[dict[str, Any]]:
+        """Per image: class, probability, top-k, out-of-distribution score and flag."""
+        probs, scores = self.probabilities_and_scores(x)
         return describe(self, probs, scores, top_k)
 
 

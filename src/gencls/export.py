@@ -38,8 +38,8 @@ class ClassifierGraph(nn.Module):
         self.method = method
 
     def forward(self, image):
-        logits = self.method.classify(image)
-        return logits, logits.softmax(1), self.method.ood_score(image)
+        logits, score = self.method.classify_and_score(image)
+        return logits, logits.softmax(1), score
 
 
 class GeneratorGraph(nn.Module):

@@ -195,9 +195,7 @@ def create_app(run, limits: ServerLimits | None = None):
     page = _page()
 
     def infer(batch: np.ndarray):
-        x = torch.from_numpy(batch)
-        with torch.no_grad():
-            return run.predict_proba(x, batch_size=len(x)), run.ood_scores(x, batch_size=len(x))
+        return run.probabilities_and_scores(torch.from_numpy(batch), batch_size=max(1, len(batch)))
 
     batcher = Batcher(infer, max_batch=limits.max_batch)
 

@@ -14,6 +14,7 @@ built from (config, image shape, number of classes) and implements:
 - ``ood_score(x) -> (N,)``: how much each input looks like the training data (higher = more
   alike); the default is the maximum softmax probability, methods with a better signal
   (a discriminator, a reconstruction or ELBO) override it and say what it is in ``ood_score_name``;
+  ``classify_and_score(x) -> (logits, scores)`` gives both (override it when one pass can);
 - ``state()`` / ``load_state(state)``: every network, optimizer and EMA, as nested dicts of
   tensors and plain values (the checkpoint module turns them into safetensors + JSON).
 
@@ -79,6 +80,10 @@ class Method(nn.Module):
     def ood_score(self, x: torch.Tensor) -> torch.Tensor:
         """Per image: higher means more like the training data. Default: max softmax probability."""
         return self.classify(x).softmax(1).amax(1)
+
+    def classify_and_score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(classify(x), ood_score(x))``; methods whose score comes from the same pass override it."""
+        return self.classify(x), self.ood_score(x)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {}

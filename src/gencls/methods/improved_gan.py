@@ -92,6 +92,11 @@ class ImprovedGAN(Method):
         with self.evaluating():
             return ssl_gan_real_probability(self.ema.shadow(x)[0])
 
+    def classify_and_score(self, x):
+        with self.evaluating():
+            logits = self.ema.shadow(x)[0]
+            return logits, ssl_gan_real_probability(logits)
+
     def sample_latent(self, n, generator=None):
         return self.gen.sample_z(n, self.device, generator)
 
