@@ -140,6 +140,9 @@ def export_onnx(run, out: str | Path, part: str = "classifier", n_check: int = 1
         if not worst <= tolerance:
             raise GenclsError(f"ONNX export of the {part} differs from PyTorch by {worst:.3g} "
                               f"(> {tolerance:g}) on {report['n_checked']} inputs; not written")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; give it a normal file's mode
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
