@@ -11,9 +11,22 @@ DEMO_EPOCHS ?= 30
 DEMO_MINUTES ?= 13
 DEMO_RUN    ?= runs/demo
 
-.PHONY: setup demo test bench clean
+# Debian packages: Fashion-MNIST (out-of-distribution data) and Chromium (the browser test).
+# Installed only when missing; playwright drives /usr/bin/chromium and never downloads a browser.
+APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-setup: $(STAMP)
+.PHONY: setup system-deps demo test bench clean
+
+setup: system-deps $(STAMP)
+
+system-deps:
+	@missing=""; \
+	test -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz || missing="$$missing dataset-fashion-mnist"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(APT_GET) update -qq && $(APT_GET) install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 $$missing; \
+	fi
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -24,3 +24,60 @@ def mnist_test(data_root):
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(2)
+
+
+def _tiny_run(tmp_path_factory, name, **kw):
+    import gencls
+    from gencls.training import train
+
+    out = tmp_path_factory.mktemp("runs") / name
+    base = dict(labels=100, val_size=500, subset=3000, epochs=3, out=str(out), progress=False, tensorboard=False,
+                sample_every=0, device="cpu", seed=1, data_seed=1)
+    base.update(kw)
+    train(gencls.TrainConfig(**base), log=lambda s: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def gan_run(tmp_path_factory, data_root):
+    """A small improved-gan run on real MNIST (a few seconds), shared by the OOD, export and server tests."""
+    return _tiny_run(tmp_path_factory, "gan", method="improved-gan")
+
+
+@pytest.fixture(scope="session")
+def sup_run(tmp_path_factory, data_root):
+    """A small supervised run (no generator)."""
+    return _tiny_run(tmp_path_factory, "sup", method="supervised", labels=1000, epochs=2)
+
+
+@pytest.fixture(scope="session")
+def live_server(gan_run):
+    """The real app on a real uvicorn server at 127.0.0.1 (a free port), in a background thread."""
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from gencls.server import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(str(gan_run)), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    else:
+        raise RuntimeError("server did not start")
+    yield url
+    server.should_exit = True
+    thread.join(timeout=10)

@@ -29,6 +29,11 @@ def gencls(*args, **kw):
     (["predict", "{tmp}/missing", "x.png"], "no such run"),
     (["generate", "{tmp}/missing", "--out", "x.png"], "no such run"),
     (["evaluate", "{tmp}/afile"], "not a gencls checkpoint"),
+    (["export", "{tmp}/missing", "--out", "{tmp}/m.onnx"], "no such run"),
+    (["export", "{tmp}/missing", "--out", "{tmp}/m.onnx", "--format", "tflite"], "invalid choice"),
+    (["serve", "{tmp}/missing"], "no such run"),
+    (["predict", "--onnx", "{tmp}/missing.onnx", "x.png"], "no such ONNX file"),
+    (["predict", "{tmp}/afile"], "usage: gencls predict RUN PATH"),
     (["bogus"], "invalid choice"),
 ])
 def test_user_mistakes(tmp_path, args, needle):

@@ -26,16 +26,26 @@ def test_method_contract(name):
     assert losses and all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
     logits = m.classify(torch.rand(5, *SHAPE))
     assert logits.shape == (5, K)
-    score = m.ood_score(torch.rand(5, *SHAPE))
+    x = torch.rand(5, *SHAPE)
+    score = m.ood_score(x)
     assert score.shape == (5,) and torch.isfinite(score).all()
+    both = m.classify_and_score(x)
+    assert torch.allclose(both[0], m.classify(x)) and torch.allclose(both[1], score)
     if m.can_generate:
         assert m.generate(6).shape == (6, *SHAPE)
+        assert m.latent_distribution
+        g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+        labels = torch.arange(3) if m.can_condition else None
+        z = m.sample_latent(3, g2)
+        assert torch.equal(m.generate(3, labels=labels, generator=g1), m.decode_latent(z, labels))
         if not m.can_condition:
             with pytest.raises(CannotGenerate):
                 m.generate(2, labels=torch.tensor([1, 2]))
     else:
         with pytest.raises(CannotGenerate):
             m.generate(2)
+        with pytest.raises(CannotGenerate):
+            m.sample_latent(2)
 
 
 @pytest.mark.parametrize("name", list_methods())

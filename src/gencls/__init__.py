@@ -13,9 +13,26 @@ images, evaluate it honestly, generate images, and classify files::
 """
 __version__ = "0.1.0"
 
-from gencls.api import Run, evaluate, generate, load_run, predict, train  # noqa: E402
-from gencls.config import TrainConfig  # noqa: E402
 from gencls.errors import GenclsError, InputError  # noqa: E402
+
+# The rest is imported on first use, so that torch-free parts (``gencls.imagefile``,
+# ``gencls.onnx_runtime``, the CLI's ``predict --onnx``) run where PyTorch is not installed.
+_LAZY = {"Run": "gencls.api", "evaluate": "gencls.api", "generate": "gencls.api", "load_run": "gencls.api",
+         "predict": "gencls.api", "train": "gencls.api", "TrainConfig": "gencls.config"}
 
 __all__ = ["GenclsError", "InputError", "Run", "TrainConfig", "__version__", "evaluate", "generate", "load_run",
            "predict", "train"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name in ("api", "config", "data", "evaluation", "export", "methods", "nets", "server", "training"):
+        import importlib
+
+        return importlib.import_module(f"gencls.{name}")
+    raise AttributeError(f"module 'gencls' has no attribute {name!r}")

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from gencls.errors import GenclsError
+from gencls.errors import GenclsError, TrainingStopped
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,8 +72,13 @@ def _setting(value: str) -> tuple[str, object]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gencls.data import list_datasets
-    from gencls.methods import list_methods
+    try:
+        from gencls.data import list_datasets
+        from gencls.methods import list_methods
+    except ImportError:  # no PyTorch here: only `predict --onnx` can work
+        def list_methods():
+            return ["(needs PyTorch)"]
+        list_datasets = list_methods
 
     p = _Parser(prog="gencls", description="Generative image classification: train, evaluate, generate, predict.")
     p.add_argument("--version", action="version", version=f"gencls {__import__('gencls').__version__}")
@@ -82,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="get datasets onto disk")
     dsub = d.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
     f = dsub.add_parser("fetch", help="fetch a dataset into the data root")
-    f.add_argument("dataset", choices=["mnist"])
+    f.add_argument("dataset", choices=["mnist", "fashion-mnist"])
     f.add_argument("--root", help="data root (default: $GENCLS_DATA, else ~/.cache/gencls)")
 
     t = sub.add_parser("train", help="train a method",
@@ -119,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run")
     e.add_argument("--split", choices=["test", "val"], default="test")
     e.add_argument("--data-root")
+    e.add_argument("--ood", action="append", default=[], metavar="DATA",
+                   help="also the AUROC of the out-of-distribution score, test set vs DATA: fashion-mnist, noise "
+                        "or a dataset name (repeatable)")
 
     g = sub.add_parser("generate", help="write a grid of generated images")
     g.add_argument("run")
@@ -127,24 +135,48 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int)
     g.add_argument("--nrow", type=_positive_int, default=10, help="images per row")
 
-    pr = sub.add_parser("predict", help="classify image files or folders")
-    pr.add_argument("run")
-    pr.add_argument("paths", nargs="+", metavar="PATH")
+    pr = sub.add_parser("predict", help="classify image files or folders",
+                        usage="gencls predict RUN PATH... | gencls predict --onnx MODEL.onnx PATH... [options]")
+    pr.add_argument("items", nargs="+", metavar="RUN PATH", help="a run folder, then image files or folders "
+                    "(with --onnx: image files or folders only)")
+    pr.add_argument("--onnx", metavar="MODEL", help="classify with an exported ONNX model and ONNX Runtime "
+                    "(no PyTorch needed)")
     pr.add_argument("--format", choices=["table", "csv", "json"], default="table")
     pr.add_argument("--top-k", type=_positive_int, default=3)
     pr.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
                     help="invert light-background images to match dark-background training data (auto)")
+
+    ex = sub.add_parser("export", help="export a run to a self-contained ONNX file, checked against PyTorch")
+    ex.add_argument("run")
+    ex.add_argument("--format", choices=["onnx"], default="onnx")
+    ex.add_argument("--out", required=True, help="the .onnx file to write")
+    ex.add_argument("--part", choices=["classifier", "generator"], default="classifier")
+    ex.add_argument("--check", type=_positive_int, default=1000, metavar="N",
+                    help="compare with PyTorch on N test images (or latents); fail above 1e-4")
+    ex.add_argument("--data-root")
+
+    sv = sub.add_parser("serve", help="HTTP API and web page for a run (FastAPI on uvicorn)")
+    sv.add_argument("run")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-upload-mb", type=_positive_float, default=10.0, help="largest request body")
+    sv.add_argument("--max-images", type=_positive_int, default=64, help="most images per /predict request")
+    sv.add_argument("--max-pixels", type=_positive_int, default=16_000_000, help="most pixels per image")
+    sv.add_argument("--max-batch", type=_positive_int, default=64, help="most images per model call")
+    sv.add_argument("--threads", type=_positive_int, help="CPU threads for inference")
+    sv.add_argument("--device", default="cpu")
 
     sub.add_parser("methods", help="list the registered methods")
     return p
 
 
 def cmd_data(args) -> int:
-    from gencls.data import fetch_mnist
+    from gencls.data import fetch_fashion_mnist, fetch_mnist
 
     if args.data_command != "fetch":
-        raise GenclsError("usage: gencls data fetch mnist [--root DIR]")
-    fetch_mnist(Path(args.root) if args.root else None)
+        raise GenclsError("usage: gencls data fetch mnist|fashion-mnist [--root DIR]")
+    fetch = fetch_mnist if args.dataset == "mnist" else fetch_fashion_mnist
+    fetch(Path(args.root) if args.root else None)
     return 0
 
 
@@ -171,10 +203,15 @@ def cmd_evaluate(args) -> int:
     from gencls.api import load_run
 
     run = load_run(args.run)
-    r = evaluate(run, split=args.split, data_root=args.data_root)
+    r = evaluate(run, split=args.split, data_root=args.data_root, ood=tuple(dict.fromkeys(args.ood)))
     print(f"{r['method']} on {r['dataset']} {args.split} ({r['n']} images, checkpoint of epoch {r['checkpoint_epoch']}): "
           f"error {r['error_percent']:.2f}%, accuracy {100 * r['accuracy']:.2f}%")
     print("per-class accuracy: " + "  ".join(f"{c}: {100 * a:.1f}%" for c, a in r["per_class_accuracy"].items()))
+    for name in dict.fromkeys(args.ood):
+        o = r["ood"][name]
+        print(f"out-of-distribution, {args.split} vs {name} ({o['score']}): AUROC {o['auroc']:.4f}, "
+              f"FPR at 95% TPR {100 * o['fpr_at_95_tpr']:.1f}%, flagged {100 * o['flagged_in']:.1f}% of {args.split} "
+              f"and {100 * o['flagged_out']:.1f}% of {name} (threshold {o['threshold']:.4g})")
     if run.path is not None:
         name = "eval.json" if args.split == "test" else f"eval_{args.split}.json"
         print(f"wrote {run.path / name} and the confusion matrix plot")
@@ -194,23 +231,32 @@ def cmd_generate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from gencls.api import load_run, predict
+    if args.onnx:  # ONNX Runtime only: this path imports no PyTorch
+        from gencls.onnx_runtime import OnnxClassifier
 
-    results = predict(load_run(args.run), args.paths, top_k=args.top_k, invert=args.invert)
+        paths = args.items
+        results = OnnxClassifier(args.onnx).predict(paths, top_k=args.top_k, invert=args.invert)
+    else:
+        from gencls.api import load_run, predict
+
+        if len(args.items) < 2:
+            raise GenclsError("usage: gencls predict RUN PATH... (or gencls predict --onnx MODEL.onnx PATH...)")
+        paths = args.items[1:]
+        results = predict(load_run(args.items[0]), paths, top_k=args.top_k, invert=args.invert)
     if not results:
-        raise GenclsError("no image files found in " + ", ".join(args.paths))
+        raise GenclsError("no image files found in " + ", ".join(paths))
     out = sys.stdout
     if args.format == "json":
-        json.dump([{"path": r.path, "class": r.label, "probability": r.probability,
-                    "top_k": [{"class": c, "probability": p} for c, p in r.top_k], "error": r.error}
-                   for r in results], out, indent=2)
+        json.dump([r.to_dict() for r in results], out, indent=2)
         out.write("\n")
     elif args.format == "csv":
         w = csv.writer(out)
-        w.writerow(["path", "class", "probability", "top_k", "error"])
+        w.writerow(["path", "class", "probability", "top_k", "ood_score", "ood_flag", "error"])
         for r in results:
             w.writerow([r.path, r.label or "", "" if r.probability is None else f"{r.probability:.6f}",
-                        " ".join(f"{c}:{p:.4f}" for c, p in r.top_k), r.error or ""])
+                        " ".join(f"{c}:{p:.4f}" for c, p in r.top_k),
+                        "" if r.ood_score is None else f"{r.ood_score:.6g}",
+                        "" if r.ood_flag is None else int(r.ood_flag), r.error or ""])
     else:
         width = max(len(r.path) for r in results)
         for r in results:
@@ -218,11 +264,33 @@ def cmd_predict(args) -> int:
                 out.write(f"{r.path:<{width}}  ERROR {r.error}\n")
             else:
                 tops = "  ".join(f"{c} {100 * p:5.1f}%" for c, p in r.top_k)
-                out.write(f"{r.path:<{width}}  {r.label:>4} {100 * r.probability:5.1f}%   top-{len(r.top_k)}: {tops}\n")
+                verdict = "UNLIKE THE TRAINING DATA" if r.ood_flag else "in distribution"
+                out.write(f"{r.path:<{width}}  {r.label:>4} {100 * r.probability:5.1f}%   top-{len(r.top_k)}: {tops}"
+                          f"   ood score {r.ood_score:.4g} ({verdict})\n")
     failed = sum(r.error is not None for r in results)
     if failed:
         sys.stderr.write(f"gencls: {failed} of {len(results)} files could not be read\n")
         return 1
+    return 0
+
+
+def cmd_export(args) -> int:
+    from gencls.export import export_onnx
+
+    r = export_onnx(args.run, args.out, part=args.part, n_check=args.check, data_root=args.data_root)
+    by = ", ".join(f"{k} {v:.2e}" for k, v in r["max_abs_diff_by_output"].items())
+    print(f"wrote {r['path']} ({r['part']}, {r['bytes'] / 1e6:.1f} MB, opset {r['opset']}, dynamic batch)")
+    print(f"checked against PyTorch on {r['n_checked']} inputs: max abs diff {r['max_abs_diff']:.3e} "
+          f"(tolerance {r['tolerance']:g}; {by})")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from gencls.server import ServerLimits, serve
+
+    limits = ServerLimits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_images=args.max_images,
+                          max_pixels=args.max_pixels, max_batch=args.max_batch)
+    serve(args.run, host=args.host, port=args.port, limits=limits, threads=args.threads, device=args.device)
     return 0
 
 
@@ -237,7 +305,7 @@ def cmd_methods(args) -> int:
 
 
 COMMANDS = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "generate": cmd_generate,
-            "predict": cmd_predict, "methods": cmd_methods}
+            "predict": cmd_predict, "export": cmd_export, "serve": cmd_serve, "methods": cmd_methods}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,8 +314,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    from gencls.training.trainer import TrainingStopped
-
     try:
         return COMMANDS[args.command](args)
     except TrainingStopped as e:
@@ -256,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     except GenclsError as e:
         sys.stderr.write(f"gencls: error: {e}\n")
         return 2
+    except BrokenPipeError:
+        return 1
     except OSError as e:  # a file we could not read or write: say which, no traceback
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
         sys.stderr.write(f"gencls: error: {e.strerror or e}{where}\n")
@@ -263,8 +331,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("gencls: interrupted\n")
         return 130
-    except BrokenPipeError:
-        return 1
 
 
 if __name__ == "__main__":

@@ -11,3 +11,11 @@ class InputError(GenclsError):
 
 class DataUnavailableError(GenclsError):
     """No source could provide a dataset."""
+
+
+class TrainingStopped(GenclsError):
+    """Training stopped early (a signal, a diverging loss, a failed write); the last checkpoint is intact."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -10,7 +10,9 @@ from typing import Callable
 
 import torch
 
-from gencls.data.sources import default_root, fetch_mnist, mnist_files_valid
+from gencls.data.sources import (FASHION_MNIST_CLASSES, default_root, fashion_mnist_files_valid,
+                                 fashion_mnist_raw_dir, fetch_fashion_mnist, fetch_mnist, mnist_files_valid,
+                                 read_idx)
 from gencls.errors import GenclsError
 
 
@@ -63,3 +65,19 @@ def _mnist(split: str, root: Path, log) -> Split:
         fetch_mnist(root, log=log)
     ds = torchvision.datasets.MNIST(str(root), train=(split == "train"), download=False)
     return Split(ds.data.unsqueeze(1).contiguous(), ds.targets.long(), [str(i) for i in range(10)])
+
+
+@register_dataset("fashion-mnist")
+def _fashion_mnist(split: str, root: Path, log) -> Split:
+    ok, why = fashion_mnist_files_valid(root)
+    if not ok:
+        log(f"Fashion-MNIST not found under {root} ({why}); fetching it")
+        fetch_fashion_mnist(root, log=log)
+    raw = fashion_mnist_raw_dir(root)
+    prefix = "train" if split == "train" else "t10k"
+    images = read_idx(raw / f"{prefix}-images-idx3-ubyte")
+    labels = read_idx(raw / f"{prefix}-labels-idx1-ubyte")
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) != len(labels):
+        raise GenclsError(f"{raw}: unexpected Fashion-MNIST arrays {images.shape} / {labels.shape}")
+    return Split(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype("int64")),
+                 list(FASHION_MNIST_CLASSES))

@@ -204,3 +204,121 @@ def _check_existing(root: Path) -> str:
     if not ok:
         raise RuntimeError(why)
     return why
+
+
+# --- Fashion-MNIST --------------------------------------------------------------------------
+# Kept in the raw layout torchvision's ``FashionMNIST(root, download=False)`` reads
+# (``<root>/FashionMNIST/raw/*-ubyte``). The digests are of the *decompressed* IDX files: Debian's
+# package ``dataset-fashion-mnist`` recompressed the .gz files, so their checksums differ from
+# torchvision's, but the decompressed files are the same bytes. Verified here on Debian's
+# 0.0~git20200523.55506a9-1 (decoded: 60000/10000 images of 28x28, 6000/1000 per class, train
+# labels starting 9 0 0 3 0 2 7 2 5 5 and test labels 9 2 1 1 6 1 4 6 5 7, as published).
+
+FASHION_MNIST_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot"]
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def sha256sum(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fashion_mnist_raw_dir(root: Path) -> Path:
+    return Path(root) / "FashionMNIST" / "raw"
+
+
+def fashion_mnist_files_valid(root: Path) -> tuple[bool, str]:
+    raw = fashion_mnist_raw_dir(root)
+    for name, digest in FASHION_MNIST_SHA256.items():
+        p = raw / name
+        if not p.exists():
+            return False, f"{p} missing"
+        got = sha256sum(p)
+        if got != digest:
+            return False, f"{p} has SHA-256 {got[:16]}..., expected {digest[:16]}..."
+    return True, "all four files present, SHA-256 verified"
+
+
+def _install_fashion_files(raw: Path, blobs: dict[str, bytes]) -> None:
+    """Write decompressed IDX files to a temporary folder, verify each, then move them in place."""
+    raw.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=raw) as tmp:
+        for name, data in blobs.items():
+            p = Path(tmp) / name
+            p.write_bytes(data)
+            got = sha256sum(p)
+            if got != FASHION_MNIST_SHA256[name]:
+                raise ValueError(f"{name} has SHA-256 {got[:16]}..., expected {FASHION_MNIST_SHA256[name][:16]}...")
+        for name in blobs:
+            os.replace(Path(tmp) / name, raw / name)
+
+
+def _fashion_from_debian(root: Path, folder: Path = DEBIAN_FASHION_MNIST) -> str:
+    missing = [n for n in FASHION_MNIST_SHA256 if not (folder / f"{n}.gz").is_file()]
+    if missing:
+        raise RuntimeError(f"{folder}/{missing[0]}.gz missing (apt-get install dataset-fashion-mnist)")
+    blobs = {}
+    for name in FASHION_MNIST_SHA256:
+        with gzip.open(folder / f"{name}.gz", "rb") as f:
+            blobs[name] = f.read()
+    _install_fashion_files(fashion_mnist_raw_dir(root), blobs)
+    return f"decompressed from Debian's dataset-fashion-mnist ({folder}), SHA-256 verified"
+
+
+def _fashion_from_torchvision(root: Path) -> str:
+    import torchvision
+
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(15)
+    try:
+        for train in (True, False):
+            torchvision.datasets.FashionMNIST(str(root), train=train, download=True)
+    except Exception as e:  # noqa: BLE001 - any failure means "try the next source"
+        raise RuntimeError(str(e).splitlines()[-1].strip() or type(e).__name__) from None
+    finally:
+        socket.setdefaulttimeout(old)
+    ok, why = fashion_mnist_files_valid(root)
+    if not ok:
+        raise RuntimeError(why)
+    return "downloaded by torchvision, SHA-256 verified"
+
+
+def fetch_fashion_mnist(root: Path | None = None, log: Callable[[str], None] = print,
+                        sources: tuple[str, ...] = ("existing", "debian", "torchvision")) -> Path:
+    """Make sure Fashion-MNIST's raw files are under ``root`` and valid; returns the root.
+
+    Local sources come first (files already there, then Debian's package), the download last.
+    """
+    root = Path(root) if root is not None else default_root()
+
+    def existing(r):
+        ok, why = fashion_mnist_files_valid(r)
+        if not ok:
+            raise RuntimeError(why)
+        return why
+
+    attempts = {"existing": existing, "debian": _fashion_from_debian, "torchvision": _fashion_from_torchvision}
+    tried = []
+    for name in sources:
+        try:
+            how = attempts[name](root)
+        except Exception as e:  # noqa: BLE001
+            log(f"fashion-mnist: {name}: no ({e})")
+            tried.append(f"{name}: {e}")
+            continue
+        log(f"fashion-mnist: {name}: yes ({how}) -> {fashion_mnist_raw_dir(root)}")
+        return root
+    raise DataUnavailableError(
+        "could not get Fashion-MNIST; tried " + "; ".join(tried)
+        + f". Install Debian's package (apt-get install dataset-fashion-mnist), connect to the internet for "
+          f"torchvision's download, or put the four raw files in {fashion_mnist_raw_dir(root)}.")

@@ -8,9 +8,13 @@ built from (config, image shape, number of classes) and implements:
   when you need numbers -- the trainer does so only when it reports, to avoid a host sync per step);
 - ``classify(x) -> logits`` (evaluation mode, EMA weights where the method keeps them);
 - ``generate(n, labels=None, generator=None) -> images`` in [0, 1], or ``CannotGenerate``;
+  generating methods also split it into ``sample_latent(n, generator) -> z`` and
+  ``decode_latent(z, labels=None) -> images`` (what ``gencls export --part generator`` exports),
+  and name the latent distribution in ``latent_distribution``;
 - ``ood_score(x) -> (N,)``: how much each input looks like the training data (higher = more
   alike); the default is the maximum softmax probability, methods with a better signal
-  (a discriminator, a reconstruction or ELBO) override it;
+  (a discriminator, a reconstruction or ELBO) override it and say what it is in ``ood_score_name``;
+  ``classify_and_score(x) -> (logits, scores)`` gives both (override it when one pass can);
 - ``state()`` / ``load_state(state)``: every network, optimizer and EMA, as nested dicts of
   tensors and plain values (the checkpoint module turns them into safetensors + JSON).
 
@@ -52,6 +56,8 @@ class Method(nn.Module):
     can_condition: ClassVar[bool] = False
     unlabelled_batches: ClassVar[int] = 1  # unlabelled batches per train_step (0: none wanted)
     default_config: ClassVar[dict[str, Any]] = {}
+    ood_score_name: ClassVar[str] = "maximum softmax probability"
+    latent_distribution: ClassVar[str] = ""  # generating methods: e.g. "uniform(0,1)" or "normal(0,1)"
 
     def __init__(self, config: dict | None, image_shape: tuple[int, int, int], num_classes: int):
         super().__init__()
@@ -99,10 +105,21 @@ class Method(nn.Module):
         optimizer.zero_grad(set_to_none=True)
         self.guard.skipped += 1
         return False
+    def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` latent vectors for ``decode_latent`` (generating methods)."""
+        raise CannotGenerate(f"method {self.name} cannot generate images")
+
+    def decode_latent(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Images in [0, 1] from latent vectors (and labels, for class-conditional methods)."""
+        raise CannotGenerate(f"method {self.name} cannot generate images")
 
     def ood_score(self, x: torch.Tensor) -> torch.Tensor:
         """Per image: higher means more like the training data. Default: max softmax probability."""
         return self.classify(x).softmax(1).amax(1)
+
+    def classify_and_score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(classify(x), ood_score(x))``; methods whose score comes from the same pass override it."""
+        return self.classify(x), self.ood_score(x)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {}

@@ -23,6 +23,8 @@ class ImprovedGAN(Method):
     description = "K-logit semi-supervised GAN with feature matching (Salimans et al. 2016)"
     can_generate = True
     unlabelled_batches = 2  # one for the discriminator, an independent one for feature matching
+    ood_score_name = "discriminator D(x) = Z/(Z+1)"
+    latent_distribution = "uniform(0,1)"
     default_config = {"lr": 0.003, "beta1": 0.5, "adam_eps": 1e-4, "unlabelled_weight": 1.0, "ema_decay": 0.999,
                       "hidden": [1000, 500, 250, 250, 250], "nz": 100}
 
@@ -91,8 +93,21 @@ class ImprovedGAN(Method):
         with self.evaluating():
             return ssl_gan_real_probability(self.ema.shadow(x)[0])
 
-    def generate(self, n, labels=None, generator=None):
+    def classify_and_score(self, x):
+        with self.evaluating():
+            logits = self.ema.shadow(x)[0]
+            return logits, ssl_gan_real_probability(logits)
+
+    def sample_latent(self, n, generator=None):
+        return self.gen.sample_z(n, self.device, generator)
+
+    def decode_latent(self, z, labels=None):
         if labels is not None:
             raise CannotGenerate("improved-gan's generator is unconditional: it cannot generate a chosen class")
         with self.evaluating():
-            return self.gen(self.gen.sample_z(n, self.device, generator))
+            return self.gen(z)
+
+    def generate(self, n, labels=None, generator=None):
+        if labels is not None:
+            raise CannotGenerate("improved-gan's generator is unconditional: it cannot generate a chosen class")
+        return self.decode_latent(self.sample_latent(n, generator))

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from gencls.config import TrainConfig
 from gencls.data import load_split, make_split
 from gencls.data.images import border_mean
-from gencls.errors import GenclsError
+from gencls.errors import GenclsError, TrainingStopped  # noqa: F401  (TrainingStopped re-exported)
 from gencls.evaluation.metrics import predict_logits
 from gencls.methods import NonFiniteError, create_method
 from gencls.training.checkpoint import checkpoint_bytes_estimate, load_checkpoint, save_checkpoint, validate_modules
@@ -37,14 +37,6 @@ RESUMABLE_OVERRIDES = ("epochs", "minutes", "progress", "sample_every", "tensorb
 INIT_BATCH = 500  # images for the data-dependent initialisation
 EVAL_BATCH = 1000
 SAMPLE_SEED = 12345
-
-
-class TrainingStopped(GenclsError):
-    """Training stopped early (a signal or a diverging loss); the last checkpoint is intact."""
-
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def _looks_like_run(folder: Path) -> bool:

@@ -1,0 +1,119 @@
+"""Decoding users' image files and uploads into model inputs, with numpy and PIL only.
+
+This module imports no PyTorch, so that the ONNX Runtime path (``gencls predict --onnx``) runs
+where PyTorch is not installed; ``gencls.data.load_image`` wraps it into tensors.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from gencls.errors import InputError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+MAX_PIXELS = 50_000_000  # refuse decompression bombs before decoding
+
+
+class TooManyPixels(InputError):
+    """An image whose header announces more pixels than allowed (checked before decoding)."""
+
+
+def find_images(paths: list[str | os.PathLike]) -> list[Path]:
+    """Expand folders (recursively, image suffixes only, sorted); keep files as given."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            out.append(p)
+    return out
+
+
+def decode_image(source: str | os.PathLike | bytes, image_shape: tuple[int, int, int], invert: str = "auto",
+                 background: float = 0.0, max_pixels: int = MAX_PIXELS, name: str | None = None) -> np.ndarray:
+    """An image file (path) or its bytes -> float32 array (C, H, W) in [0, 1], converted like the training data.
+
+    ``invert``: "auto" inverts an image whose border is bright when the training images have a
+    dark background (``background`` is their mean border value), "yes" or "no" force it.
+    Raises ``InputError`` (``TooManyPixels`` for images over ``max_pixels``) for anything that is
+    not a readable image; ``name`` is how the messages refer to it.
+    """
+    c, h, w = image_shape
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        label = name or "upload"
+        if len(source) == 0:
+            raise InputError(f"{label}: empty file")
+        fp = io.BytesIO(bytes(source))
+    else:
+        path = Path(source)
+        label = name or str(path)
+        if not path.exists():
+            raise InputError(f"{label}: no such file")
+        if path.is_dir():
+            raise InputError(f"{label}: is a folder")
+        fp = path
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(fp) as im:
+                if im.width * im.height > max_pixels:
+                    raise TooManyPixels(f"{label}: too large ({im.width}x{im.height} pixels, the limit is {max_pixels})")
+                im.seek(0)  # first frame of animations
+                im = ImageOps.exif_transpose(im)
+                im = _to_mode(im, c)
+                if im.size != (w, h):
+                    im = im.resize((w, h), Image.Resampling.BILINEAR)
+                arr = np.asarray(im, dtype=np.uint8)
+    except InputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise TooManyPixels(f"{label}: too large to decode safely (decompression bomb guard)") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{label}: not a readable image") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise InputError(f"{label}: cannot decode image ({e})") from None
+    x = arr.astype(np.float32) / 255.0
+    x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
+    if invert == "yes" or (invert == "auto" and border_mean_np(x) > 0.5 and background < 0.5):
+        x = 1.0 - x
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _to_mode(im: Image.Image, channels: int) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit grayscale -> 8-bit
+        a = np.asarray(im, dtype=np.float64)
+        hi = a.max() if a.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(a / hi * 255.0, 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (0, 0, 0, 255))  # transparent -> black, like MNIST's background
+        im = Image.alpha_composite(bg, im)
+    return im.convert("L" if channels == 1 else "RGB")
+
+
+def border_mean_np(x: np.ndarray) -> float:
+    """Mean of the outermost rows and columns of images (..., H, W) with values in [0, 1]."""
+    return float(np.concatenate([x[..., 0, :].ravel(), x[..., -1, :].ravel(),
+                                 x[..., :, 0].ravel(), x[..., :, -1].ravel()]).astype(np.float64).mean())
+
+
+def png_grid(images: np.ndarray, nrow: int = 10, padding: int = 2, pad_value: float = 0.5) -> bytes:
+    """Images (N, C, H, W) in [0, 1] -> PNG bytes of a grid (like torchvision's save_image)."""
+    n, c, h, w = images.shape
+    cols = max(1, min(nrow, n))
+    rows = -(-n // cols)
+    grid = np.full((c, rows * (h + padding) + padding, cols * (w + padding) + padding), pad_value, np.float32)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        y, x = padding + r * (h + padding), padding + q * (w + padding)
+        grid[:, y : y + h, x : x + w] = images[i]
+    arr = (np.clip(grid, 0, 1) * 255 + 0.5).astype(np.uint8)
+    im = Image.fromarray(arr[0], "L") if c == 1 else Image.fromarray(arr.transpose(1, 2, 0), "RGB")
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
