@@ -11,9 +11,17 @@ DEMO_EPOCHS ?= 30
 DEMO_MINUTES ?= 13
 DEMO_RUN    ?= runs/demo
 
-.PHONY: setup demo test bench clean
+# The report test opens report.html in Debian's chromium (driven by playwright, no browser download).
+CHROMIUM := /usr/bin/chromium
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-setup: $(STAMP)
+.PHONY: setup chromium demo test bench clean
+
+setup: $(STAMP) chromium
+
+chromium:
+	@test -x $(CHROMIUM) || { $(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends chromium; }
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -10,12 +10,16 @@ images, evaluate it honestly, generate images, and classify files::
     probs = run.predict_proba(images)          # tensor (N, C, H, W) in [0, 1]
     results = gencls.predict(run, ["digit.png"])
     samples = gencls.generate(run, n=64, seed=0)
+    gencls.compare(methods=["improved-gan", "vae-m2"], seeds=3, epochs=5, out="runs/cmp")
+    gencls.report("runs/a")                      # runs/a/report.html (a compare folder works too)
 """
 __version__ = "0.1.0"
 
 from gencls.api import Run, evaluate, generate, load_run, predict, train  # noqa: E402
+from gencls.compare import CompareConfig, compare  # noqa: E402
 from gencls.config import TrainConfig  # noqa: E402
 from gencls.errors import GenclsError, InputError  # noqa: E402
+from gencls.report import report  # noqa: E402
 
-__all__ = ["GenclsError", "InputError", "Run", "TrainConfig", "__version__", "evaluate", "generate", "load_run",
-           "predict", "train"]
+__all__ = ["CompareConfig", "GenclsError", "InputError", "Run", "TrainConfig", "__version__", "compare", "evaluate",
+           "generate", "load_run", "predict", "report", "train"]

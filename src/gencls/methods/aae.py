@@ -45,6 +45,7 @@ class AdversarialAutoencoder(Method):
     description = "semi-supervised adversarial autoencoder: categorical y + Gaussian z (Makhzani et al. 2015)"
     can_generate = True
     can_condition = True
+    published_results = {"mnist/100": {"error": "1.90 ± 0.10", "source": "Makhzani et al. 2015"}}
     default_config = {"lr_recon": 0.001, "lr_reg": 0.0002, "lr_sup": 0.001, "beta1_reg": 0.5, "nz": 10,
                       "hidden": [1000, 1000], "disc_hidden": [1000, 1000], "input_noise": 0.3, "ema_decay": 0.999}
 
