@@ -15,7 +15,11 @@ DEMO_RUN    ?= runs/demo
 CHROMIUM := /usr/bin/chromium
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup chromium demo test bench clean
+# The comparison in the README: 4 methods x 3 seeds, MNIST with 100 labels, a small CPU budget per run.
+COMPARE_MINUTES ?= 1.5
+COMPARE_OUT     ?= runs/compare
+
+.PHONY: setup chromium demo test bench compare clean
 
 setup: $(STAMP) chromium
 
@@ -40,6 +44,12 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/mnist_ssl.py --method improved-gan --labels 100 --minutes 30 --out runs/bench-improved-gan.json
+
+compare: setup
+	$(GENCLS) data fetch mnist
+	$(GENCLS) compare --methods improved-gan,vae-m2,aae,supervised --dataset mnist --labels 100 --seeds 3 \
+		--epochs 100 --minutes $(COMPARE_MINUTES) --jobs 1 --threads 1 --out $(COMPARE_OUT)
+	$(GENCLS) report $(COMPARE_OUT)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

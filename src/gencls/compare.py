@@ -10,6 +10,7 @@ is ``OUT/logs/METHOD-seedS.log``.
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -67,13 +68,19 @@ class CompareConfig:
     def run_name(self, method: str, seed: int) -> str:
         return f"{method}-seed{seed}"
 
+    def run_threads(self) -> int | None:
+        """CPU threads per run: as given, else the cores shared out between parallel jobs."""
+        if self.threads or self.jobs == 1:
+            return self.threads
+        return max(1, (os.cpu_count() or 1) // self.jobs)
+
     def train_config(self, method: str, seed: int, out: str):
         from gencls.config import TrainConfig
 
         return TrainConfig(method=method, dataset=self.dataset, labels=self.labels, val_size=self.val_size,
                            subset=self.subset, epochs=self.epochs, minutes=self.minutes, batch_size=self.batch_size,
                            seed=seed, data_seed=seed, device=self.device, out=out, data_root=self.data_root,
-                           method_config=dict(self.method_configs.get(method, {})), threads=self.threads,
+                           method_config=dict(self.method_configs.get(method, {})), threads=self.run_threads(),
                            progress=False, tensorboard=False)
 
 
