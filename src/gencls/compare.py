@@ -140,6 +140,10 @@ def _summarise(cfg: CompareConfig, results: list[dict]) -> list[dict]:
     return rows
 
 
+def _fmt_epochs(e: float) -> str:
+    return f"{e:.0f}" if abs(e - round(e)) < 1e-9 else f"{e:.1f}"
+
+
 def _fmt_time(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
@@ -162,7 +166,7 @@ def compare_markdown(summary: dict) -> str:
         pub = r["published"]
         lines.append(f"| {r['method']} | {r['mean']:.2f} ± {r['std']:.2f} (n={len(r['seeds'])}) "
                      f"| {r['best']['error']:.2f} (seed {r['best']['seed']}) "
-                     f"| {r['worst']['error']:.2f} (seed {r['worst']['seed']}) | {r['epochs']:g} "
+                     f"| {r['worst']['error']:.2f} (seed {r['worst']['seed']}) | {_fmt_epochs(r['epochs'])} "
                      f"| {_fmt_time(r['train_seconds'])} | {r['parameters']:,} "
                      f"| {pub['error'] if pub else 'none'} | {pub['source'] if pub else '–'} |")
     lines += ["", "Training time: mean per run, training epochs only (no evaluation). Parameters: those the "

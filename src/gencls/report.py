@@ -254,7 +254,7 @@ def run_report(run_dir: str | Path, out: str | Path | None = None, data_root: st
 
 
 def compare_report(folder: str | Path, out: str | Path | None = None) -> Path:
-    from gencls.compare import compare_markdown, load_compare, plot_compare
+    from gencls.compare import _fmt_epochs, _fmt_time, compare_markdown, load_compare, plot_compare
 
     folder = Path(folder)
     summary = load_compare(folder)
@@ -266,8 +266,8 @@ def compare_report(folder: str | Path, out: str | Path | None = None) -> Path:
         pub = r["published"]
         rows.append([r["method"], f"{r['mean']:.2f} ± {r['std']:.2f} (n={len(r['seeds'])})",
                      f"{r['best']['error']:.2f} (seed {r['best']['seed']})",
-                     f"{r['worst']['error']:.2f} (seed {r['worst']['seed']})", f"{r['epochs']:g}",
-                     f"{r['train_seconds']:.0f} s", f"{r['parameters']:,}", pub["error"] if pub else "none",
+                     f"{r['worst']['error']:.2f} (seed {r['worst']['seed']})", _fmt_epochs(r["epochs"]),
+                     _fmt_time(r["train_seconds"]), f"{r['parameters']:,}", pub["error"] if pub else "none",
                      pub["source"] if pub else "–"])
     png = folder / "compare.png"
     if not png.exists():
