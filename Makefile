@@ -15,7 +15,7 @@ DEMO_RUN    ?= runs/demo
 # Installed only when missing; playwright drives /usr/bin/chromium and never downloads a browser.
 APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: setup system-deps demo test bench clean
+.PHONY: setup system-deps demo test bench compare clean
 
 setup: system-deps $(STAMP)
 
@@ -27,6 +27,10 @@ system-deps:
 		echo "installing Debian packages:$$missing"; \
 		$(APT_GET) update -qq && $(APT_GET) install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 $$missing; \
 	fi
+
+# The comparison in the README: 4 methods x 3 seeds, MNIST with 100 labels, a small CPU budget per run.
+COMPARE_MINUTES ?= 1.5
+COMPARE_OUT     ?= runs/compare
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +49,12 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/mnist_ssl.py --method improved-gan --labels 100 --minutes 30 --out runs/bench-improved-gan.json
+
+compare: setup
+	$(GENCLS) data fetch mnist
+	$(GENCLS) compare --methods improved-gan,vae-m2,aae,supervised --dataset mnist --labels 100 --seeds 3 \
+		--epochs 100 --minutes $(COMPARE_MINUTES) --jobs 1 --threads 1 --out $(COMPARE_OUT)
+	$(GENCLS) report $(COMPARE_OUT)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -35,6 +35,9 @@ def gencls(*args, **kw):
     (["predict", "--onnx", "{tmp}/missing.onnx", "x.png"], "no such ONNX file"),
     (["predict", "{tmp}/afile"], "usage: gencls predict RUN PATH"),
     (["bogus"], "invalid choice"),
+    (["report", "{tmp}/missing"], "no such run"),
+    (["compare", "--methods", "supervised,nope", "--out", "{tmp}/c"], "unknown method"),
+    (["compare", "--set", "aae:lrr", "--out", "{tmp}/c"], "METHOD:KEY=VALUE"),
 ])
 def test_user_mistakes(tmp_path, args, needle):
     (tmp_path / "afile").write_text("hello")
@@ -55,3 +58,4 @@ def test_help_and_methods():
     assert gencls("--help").returncode == 0
     proc = gencls("methods")
     assert proc.returncode == 0 and "improved-gan" in proc.stdout and "supervised" in proc.stdout
+    assert "vae-m2" in proc.stdout and "aae" in proc.stdout

@@ -56,3 +56,80 @@ def test_feature_matching_loss():
     fake = [[0.0, 0.0], [2.0, 2.0]]  # mean (1, 1)
     expected = ((2 - 1) ** 2 + (3 - 1) ** 2) / 2
     assert abs(feature_matching_loss(torch.tensor(real), torch.tensor(fake)).item() - expected) < 1e-6
+
+
+# --- autoencoder losses --------------------------------------------------------------------------
+
+from gencls.losses import (adversarial_discriminator_loss, adversarial_generator_loss, bernoulli_nll,  # noqa: E402
+                           gaussian_kl, m2_negative_elbo, m2_unlabelled_loss)
+
+
+def sigmoid(v):
+    return 1 / (1 + math.exp(-v))
+
+
+def bce(logit, target):
+    p = sigmoid(logit)
+    return -(target * math.log(p) + (1 - target) * math.log(1 - p))
+
+
+def test_bernoulli_nll_sums_pixels_and_takes_grey_targets():
+    logits = [[0.5, -1.0, 2.0], [0.0, 3.0, -2.0]]
+    x = [[1.0, 0.0, 0.25], [0.5, 1.0, 0.0]]
+    expected = [sum(bce(l, t) for l, t in zip(lr, xr)) for lr, xr in zip(logits, x)]
+    got = bernoulli_nll(torch.tensor(logits), torch.tensor(x))
+    assert got.shape == (2,) and torch.allclose(got, torch.tensor(expected), atol=1e-6)
+
+
+def test_gaussian_kl_against_formula():
+    mu, logvar = [[0.5, -1.0]], [[0.2, -0.3]]
+    # KL(N(m, s^2) || N(0, 1)) = 1/2 (m^2 + s^2 - 1 - log s^2), per dimension
+    expected = sum(0.5 * (m * m + math.exp(lv) - 1 - lv) for m, lv in zip(mu[0], logvar[0]))
+    assert abs(gaussian_kl(torch.tensor(mu), torch.tensor(logvar)).item() - expected) < 1e-6
+    assert gaussian_kl(torch.zeros(1, 3), torch.zeros(1, 3)).item() == 0.0
+
+
+def test_m2_negative_elbo_adds_reconstruction_kl_and_class_prior():
+    x_logits, x = [[1.0, -1.0]], [[1.0, 0.0]]
+    mu, logvar = [[0.3]], [[-0.5]]
+    k = 4
+    expected = (bce(1.0, 1.0) + bce(-1.0, 0.0) + 0.5 * (0.09 + math.exp(-0.5) - 1 + 0.5) + math.log(k))
+    got = m2_negative_elbo(torch.tensor(x_logits), torch.tensor(x), torch.tensor(mu), torch.tensor(logvar), k)
+    assert abs(got.item() - expected) < 1e-6
+
+
+def test_m2_unlabelled_loss_sums_over_classes():
+    # two images, three classes: -U(x) = sum_y q(y|x) L(x,y) - H(q(y|x)) = sum_y q (L + log q)
+    neg_elbo = [[100.0, 90.0, 120.0], [50.0, 50.0, 50.0]]
+    logits = [[0.0, 1.0, -1.0], [2.0, 2.0, 2.0]]
+    expected = []
+    for lrow, crow in zip(neg_elbo, logits):
+        z = sum(math.exp(c) for c in crow)
+        q = [math.exp(c) / z for c in crow]
+        expectation = sum(qi * li for qi, li in zip(q, lrow))
+        entropy = -sum(qi * math.log(qi) for qi in q)
+        expected.append(expectation - entropy)
+    got = m2_unlabelled_loss(torch.tensor(neg_elbo), torch.tensor(logits))
+    assert got.shape == (2,) and torch.allclose(got, torch.tensor(expected), atol=1e-4)
+    # second image: uniform q, equal losses -> 50 - log 3
+    assert abs(got[1].item() - (50 - math.log(3))) < 1e-4
+    # it is minimised by putting q on the class with the lowest -ELBO, where it tends to that -ELBO
+    confident = m2_unlabelled_loss(torch.tensor([neg_elbo[0]]), torch.tensor([[0.0, 50.0, 0.0]]))
+    assert abs(confident.item() - 90.0) < 1e-4
+
+
+def test_m2_unlabelled_loss_bounds_marginal():
+    # with q(y|x) equal to the posterior p(y|x) proportional to exp(-L(x,y)), -U(x) = -log sum_y exp(-L(x,y))
+    neg_elbo = torch.tensor([[3.0, 1.0, 2.0]])
+    got = m2_unlabelled_loss(neg_elbo, -neg_elbo)
+    assert abs(got.item() + math.log(sum(math.exp(-v) for v in [3.0, 1.0, 2.0]))) < 1e-5
+
+
+def test_adversarial_losses_against_hand_computation():
+    prior, encoded = [[2.0], [-0.5]], [[0.3], [-1.5]]
+    expected_d = (bce(2.0, 1) + bce(-0.5, 1)) / 2 + (bce(0.3, 0) + bce(-1.5, 0)) / 2
+    expected_g = (bce(0.3, 1) + bce(-1.5, 1)) / 2
+    assert abs(adversarial_discriminator_loss(torch.tensor(prior), torch.tensor(encoded)).item() - expected_d) < 1e-6
+    assert abs(adversarial_generator_loss(torch.tensor(encoded)).item() - expected_g) < 1e-6
+    # stable for large logits
+    assert torch.isfinite(adversarial_discriminator_loss(torch.tensor([[1e4]]), torch.tensor([[-1e4]])))

@@ -10,6 +10,8 @@ images, evaluate it honestly, generate images, and classify files::
     probs = run.predict_proba(images)          # tensor (N, C, H, W) in [0, 1]
     results = gencls.predict(run, ["digit.png"])
     samples = gencls.generate(run, n=64, seed=0)
+    gencls.compare(methods=["improved-gan", "vae-m2"], seeds=3, epochs=5, out="runs/cmp")
+    gencls.report("runs/a")                      # runs/a/report.html (a compare folder works too)
 """
 __version__ = "0.1.0"
 
@@ -18,10 +20,11 @@ from gencls.errors import GenclsError, InputError  # noqa: E402
 # The rest is imported on first use, so that torch-free parts (``gencls.imagefile``,
 # ``gencls.onnx_runtime``, the CLI's ``predict --onnx``) run where PyTorch is not installed.
 _LAZY = {"Run": "gencls.api", "evaluate": "gencls.api", "generate": "gencls.api", "load_run": "gencls.api",
-         "predict": "gencls.api", "train": "gencls.api", "TrainConfig": "gencls.config"}
+         "predict": "gencls.api", "train": "gencls.api", "TrainConfig": "gencls.config",
+         "CompareConfig": "gencls.comparison", "compare": "gencls.comparison", "report": "gencls.reporting"}
 
-__all__ = ["GenclsError", "InputError", "Run", "TrainConfig", "__version__", "evaluate", "generate", "load_run",
-           "predict", "train"]
+__all__ = ["CompareConfig", "GenclsError", "InputError", "Run", "TrainConfig", "__version__", "compare", "evaluate",
+           "generate", "load_run", "predict", "report", "train"]
 
 
 def __getattr__(name: str):
@@ -31,7 +34,8 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
-    if name in ("api", "config", "data", "evaluation", "export", "methods", "nets", "server", "training"):
+    if name in ("api", "comparison", "config", "data", "evaluation", "export", "methods", "nets", "reporting", "server",
+                "training"):
         import importlib
 
         return importlib.import_module(f"gencls.{name}")

@@ -71,6 +71,14 @@ def _setting(value: str) -> tuple[str, object]:
     return k.strip(), parsed
 
 
+def _method_setting(value: str) -> tuple[str, str, object]:
+    if "=" not in value or ":" not in value.split("=", 1)[0]:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected METHOD:KEY=VALUE")
+    method, rest = value.split(":", 1)
+    k, v = _setting(rest)
+    return method.strip(), k, v
+
+
 def build_parser() -> argparse.ArgumentParser:
     try:
         from gencls.data import list_datasets
@@ -165,6 +173,31 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-batch", type=_positive_int, default=64, help="most images per model call")
     sv.add_argument("--threads", type=_positive_int, help="CPU threads for inference")
     sv.add_argument("--device", default="cpu")
+
+    c = sub.add_parser("compare", help="train and evaluate several methods over several seeds, side by side")
+    c.add_argument("--methods", default=",".join(list_methods()),
+                   help=f"comma-separated, any of: {', '.join(list_methods())} (default: all)")
+    c.add_argument("--dataset", default="mnist", help=f"one of: {', '.join(list_datasets())}")
+    c.add_argument("--labels", type=_labels, default=100)
+    c.add_argument("--seeds", type=_positive_int, default=3,
+                   help="seeds 1..N; seed s also draws the labelled split (the same for every method)")
+    c.add_argument("--epochs", type=_positive_int, default=10)
+    c.add_argument("--minutes", type=_positive_float, help="per run: stop at the first epoch end after this many minutes")
+    c.add_argument("--out", required=True, help="compare folder (rerun to resume: finished runs are kept)")
+    c.add_argument("--jobs", type=_positive_int, default=1, help="runs trained in parallel processes")
+    c.add_argument("--threads", type=_positive_int, help="CPU threads per run")
+    c.add_argument("--val-size", type=_nonneg_int, default=5000)
+    c.add_argument("--subset", type=_positive_int)
+    c.add_argument("--batch-size", type=_positive_int, default=100)
+    c.add_argument("--set", dest="settings", type=_method_setting, action="append", default=[],
+                   metavar="METHOD:KEY=VALUE", help="a method setting, e.g. --set vae-m2:alpha=10 (repeatable)")
+    c.add_argument("--device", default="auto")
+    c.add_argument("--data-root")
+
+    r = sub.add_parser("report", help="write a self-contained report.html for a run or a compare folder")
+    r.add_argument("path", metavar="RUN_OR_COMPARE")
+    r.add_argument("--out", help="HTML file (default: report.html in the folder)")
+    r.add_argument("--data-root")
 
     sub.add_parser("methods", help="list the registered methods")
     return p
@@ -304,8 +337,32 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from gencls.comparison import CompareConfig, compare
+
+    configs: dict[str, dict] = {}
+    for method, k, v in args.settings:
+        configs.setdefault(method, {})[k] = v
+    cfg = CompareConfig(methods=[m.strip() for m in args.methods.split(",") if m.strip()], dataset=args.dataset,
+                        labels=args.labels, seeds=args.seeds, epochs=args.epochs, minutes=args.minutes, out=args.out,
+                        jobs=args.jobs, threads=args.threads, device=args.device, data_root=args.data_root,
+                        val_size=args.val_size, subset=args.subset, batch_size=args.batch_size, method_configs=configs)
+    compare(cfg)
+    print((Path(args.out) / "compare.md").read_text())
+    return 0
+
+
+def cmd_report(args) -> int:
+    from gencls.reporting import report
+
+    path = report(args.path, out=args.out, data_root=args.data_root)
+    print(f"wrote {path}")
+    return 0
+
+
 COMMANDS = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "generate": cmd_generate,
-            "predict": cmd_predict, "export": cmd_export, "serve": cmd_serve, "methods": cmd_methods}
+            "predict": cmd_predict, "export": cmd_export, "serve": cmd_serve, "methods": cmd_methods,
+            "compare": cmd_compare, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,8 @@
 """Losses, all on logits (never a softmax before a cross-entropy)."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -28,3 +30,50 @@ def ssl_gan_real_probability(logits: torch.Tensor) -> torch.Tensor:
 def feature_matching_loss(features_real: torch.Tensor, features_fake: torch.Tensor) -> torch.Tensor:
     """Mean squared difference between the batch means of real and generated features."""
     return (features_real.mean(0) - features_fake.mean(0)).pow(2).mean()
+
+
+# --- autoencoders: semi-supervised VAE (Kingma et al. 2014, M2) and adversarial autoencoder ---------
+
+def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """-log p(x | logits) of independent Bernoulli pixels, summed over the last dimension.
+
+    ``x`` may hold grey levels in [0, 1] (the cross-entropy with a soft target); broadcasts.
+    """
+    x = x.expand_as(logits)
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)), summed over the last dimension."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+
+
+def m2_negative_elbo(x_logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+                     num_classes: int) -> torch.Tensor:
+    """-ELBO(x, y) = -E_q(z|x,y)[log p(x|y,z)] + KL(q(z|x,y) || p(z)) - log p(y), with p(y) uniform.
+
+    One reparameterised sample of z gives ``x_logits``; the KL is analytic. Shape: the batch
+    shape of ``x_logits`` without the pixel dimension, e.g. (N,) or (N, K).
+    """
+    return bernoulli_nll(x_logits, x) + gaussian_kl(mu, logvar) + math.log(num_classes)
+
+
+def m2_unlabelled_loss(neg_elbo: torch.Tensor, class_logits: torch.Tensor) -> torch.Tensor:
+    """-U(x) = sum_y q(y|x) (-ELBO(x, y)) - H(q(y|x)) = sum_y q(y|x) (-ELBO(x, y) + log q(y|x)).
+
+    ``neg_elbo``: (N, K), -ELBO of each image under each class; ``class_logits``: (N, K) of q(y|x).
+    Returns (N,): an upper bound on -log p(x).
+    """
+    log_q = F.log_softmax(class_logits, dim=1)
+    return (log_q.exp() * (neg_elbo + log_q)).sum(1)
+
+
+def adversarial_discriminator_loss(logits_prior: torch.Tensor, logits_encoded: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy on logits: samples of the prior are 'real' (1), encoder codes 'fake' (0)."""
+    return (F.binary_cross_entropy_with_logits(logits_prior, torch.ones_like(logits_prior))
+            + F.binary_cross_entropy_with_logits(logits_encoded, torch.zeros_like(logits_encoded)))
+
+
+def adversarial_generator_loss(logits_encoded: torch.Tensor) -> torch.Tensor:
+    """The encoder's (non-saturating) loss: -log D(code), i.e. BCE of its codes against 'real'."""
+    return F.binary_cross_entropy_with_logits(logits_encoded, torch.ones_like(logits_encoded))

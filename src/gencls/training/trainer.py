@@ -238,11 +238,12 @@ def train(config: TrainConfig | dict, resume: bool = False, overwrite: bool = Fa
 
     runlog = RunLog(out, cfg.tensorboard, truncate_after_epoch=epoch - 1 if resume else None)
 
-    def checkpoint(epoch_done: int, at_step: int, sums_now: dict, names: tuple[str, ...] = ("last",)) -> None:
+    def checkpoint(epoch_done: int, at_step: int, sums_now: dict, names: tuple[str, ...] = ("last",),
+                   val_error: float | None = None) -> None:
         state = {"method": method.state(), "rng": _rng_state(device), "split": split_tensors,
                  "sums": {k: v.detach() for k, v in sums_now.items()}}
         ck_meta = {**meta, "epoch": epoch_done, "epoch_step": at_step, "step": step, "best": best,
-                   "skipped_steps": method.guard.skipped}
+                   "val_error": val_error, "skipped_steps": method.guard.skipped}
         try:
             for name in names:  # "last" goes last: it is the commit point
                 save_checkpoint(ck_dir / f"{name}.safetensors", state, ck_meta)
@@ -305,7 +306,7 @@ def train(config: TrainConfig | dict, resume: bool = False, overwrite: bool = Fa
                     names = ("best", "last") if is_best else ("last",)
                     if cfg.keep:
                         names = (f"epoch_{epoch:04d}", *names)
-                    checkpoint(epoch, 0, {}, names)
+                    checkpoint(epoch, 0, {}, names, val_error=val_error)
                     if cfg.keep:
                         for old in sorted(ck_dir.glob("epoch_*.safetensors"))[: -cfg.keep]:
                             old.unlink(missing_ok=True)

@@ -1,0 +1,88 @@
+"""`compare` on real MNIST (tiny budget): the same labelled draw per seed for every method, the
+summary files, parallel jobs, and resuming without retraining finished runs."""
+import json
+
+import pytest
+
+import gencls
+from gencls.comparison import CompareConfig, compare
+from gencls.errors import GenclsError
+
+SETTINGS = dict(dataset="mnist", labels=100, epochs=1, subset=1200, val_size=200, batch_size=50, threads=1,
+                device="cpu")
+
+
+def quiet(*a):
+    pass
+
+
+@pytest.fixture(scope="module")
+def first_compare(tmp_path_factory, data_root):
+    out = tmp_path_factory.mktemp("cmp") / "cmp"
+    summary = compare(CompareConfig(methods=["supervised", "aae"], seeds=2, jobs=2, out=str(out), **SETTINGS), log=quiet)
+    return out, summary
+
+
+def test_compare_writes_table_plot_and_json(first_compare):
+    out, summary = first_compare
+    assert [r["method"] for r in summary["methods"]] == ["supervised", "aae"]
+    assert len(summary["runs"]) == 4
+    for r in summary["methods"]:
+        assert r["seeds"] == [1, 2] and 0 <= r["mean"] <= 100 and r["std"] >= 0
+        assert r["best"]["error"] <= r["mean"] <= r["worst"]["error"]
+        assert r["parameters"] > 0 and r["train_seconds"] > 0
+    md = (out / "compare.md").read_text()
+    assert "| aae |" in md and "1.90 ± 0.10" in md and "Makhzani et al. 2015" in md
+    assert "| supervised |" in md and "| none |" in md
+    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "compare.json").read_text())["settings"]["labels"] == 100
+    # each run was evaluated on the test set once: eval.json with 10000 images
+    for r in summary["runs"]:
+        assert json.loads((out / "runs" / r["run"] / "eval.json").read_text())["n"] == 10000
+
+
+def test_seed_sets_the_labelled_draw_for_every_method(first_compare):
+    out, _ = first_compare
+    lab = {(m, s): json.loads((out / "runs" / f"{m}-seed{s}" / "split.json").read_text())["labelled"]
+           for m in ["supervised", "aae"] for s in [1, 2]}
+    assert lab[("supervised", 1)] == lab[("aae", 1)]
+    assert lab[("supervised", 2)] == lab[("aae", 2)]
+    assert lab[("supervised", 1)] != lab[("supervised", 2)]
+
+
+def test_compare_resumes_without_retraining(first_compare):
+    out, _ = first_compare
+    runs = sorted((out / "runs").iterdir())
+    stamps = {r.name: (r / "checkpoints" / "last.safetensors").stat().st_mtime_ns for r in runs}
+    metrics = {r.name: (r / "metrics.jsonl").read_text() for r in runs}
+    # a run whose process died after training but before its result was written
+    (out / "runs" / "aae-seed1" / "result.json").unlink()
+    lines = []
+    summary = compare(CompareConfig(methods=["supervised", "aae"], seeds=3, jobs=1, out=str(out), **SETTINGS),
+                      log=lines.append)
+    assert "6 runs, 3 already finished, 3 to train" in lines[0]
+    assert len(summary["runs"]) == 6 and all(len(r["seeds"]) == 3 for r in summary["methods"])
+    for r in runs:  # nothing trained again: checkpoints untouched, same metrics
+        assert (r / "checkpoints" / "last.safetensors").stat().st_mtime_ns == stamps[r.name], r.name
+        assert (r / "metrics.jsonl").read_text() == metrics[r.name]
+    assert (out / "runs" / "aae-seed1" / "result.json").exists()
+    assert (out / "runs" / "aae-seed3" / "result.json").exists()
+    # a third call trains nothing at all
+    lines.clear()
+    compare(CompareConfig(methods=["supervised", "aae"], seeds=3, out=str(out), **SETTINGS), log=lines.append)
+    assert "6 runs, 6 already finished, 0 to train" in lines[0]
+
+
+def test_compare_refuses_other_settings_in_the_same_folder(first_compare):
+    out, _ = first_compare
+    with pytest.raises(GenclsError, match="other settings"):
+        compare(CompareConfig(methods=["supervised"], seeds=1, out=str(out), **{**SETTINGS, "epochs": 2}), log=quiet)
+
+
+def test_compare_user_mistakes(tmp_path):
+    with pytest.raises(GenclsError, match="unknown method"):
+        gencls.compare(methods=["supervised", "nope"], out=str(tmp_path / "c"), log=quiet)
+    with pytest.raises(GenclsError, match="at least one"):
+        gencls.compare(methods=[], out=str(tmp_path / "c"), log=quiet)
+    with pytest.raises(GenclsError, match="--seeds"):
+        gencls.compare(methods=["supervised"], seeds=0, out=str(tmp_path / "c"), log=quiet)

@@ -1,0 +1,103 @@
+"""`report`: a self-contained report.html for a run and for a compare folder, opened in headless
+Chromium (Debian's /usr/bin/chromium through playwright; `make setup` installs both), where every
+image must load."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+import gencls
+from gencls.training.trainer import train
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def quiet(*a):
+    pass
+
+
+def open_in_chromium(html_path: Path, screenshot: Path | None = None) -> list[dict]:
+    """Load the page in headless Chromium; returns every <img> with whether it loaded."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} missing: run `make setup` (it installs Debian's chromium)"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            failed_requests = []
+            page.on("requestfailed", lambda r: failed_requests.append(r.url))
+            page.goto(html_path.resolve().as_uri(), wait_until="load")
+            images = page.evaluate("""Array.from(document.images).map(i => ({alt: i.alt, complete: i.complete,
+                                       width: i.naturalWidth, height: i.naturalHeight}))""")
+            if screenshot:
+                page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
+    assert not failed_requests, failed_requests
+    return images
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory, data_root):
+    out = tmp_path_factory.mktemp("rep") / "vae"
+    cfg = gencls.TrainConfig(method="vae-m2", labels=100, subset=1200, val_size=200, epochs=3, batch_size=50,
+                             out=str(out), progress=False, tensorboard=False, device="cpu", threads=1)
+    return train(cfg, log=quiet)
+
+
+def test_run_report_is_self_contained_and_every_image_loads(vae_run, tmp_path):
+    path = gencls.report(vae_run, log=quiet)
+    assert path == vae_run / "report.html"
+    text = path.read_text()
+    # self-contained: every image is embedded, nothing is fetched from elsewhere
+    srcs = re.findall(r'src="([^"]*)"', text)
+    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "<link" not in text and "<script" not in text
+    for section in ["Configuration", "Training", "Test result", "Most confidently wrong", "Samples across training"]:
+        assert section in text, section
+    ev = json.loads((vae_run / "eval.json").read_text())  # the test result was computed and kept
+    assert f"{ev['error_percent']:.2f}%" in text
+    images = open_in_chromium(path, tmp_path / "shot.png")
+    alts = [i["alt"] for i in images]
+    assert {"loss curves per loss term", "validation error per epoch", "confusion matrix",
+            "most confidently wrong test images"} <= set(alts)
+    assert [a for a in alts if a.startswith("samples")] == ["samples, first epoch", "samples, middle epoch",
+                                                            "samples, last epoch"]
+    assert all(i["complete"] and i["width"] > 0 and i["height"] > 0 for i in images), images
+    assert (tmp_path / "shot.png").stat().st_size > 10_000
+
+
+def test_run_report_shows_generation_table(vae_run, tmp_path):
+    ev_path = vae_run / "eval.json"
+    ev = json.loads(ev_path.read_text())
+    ev["generation"] = {"n": 1000, "seed": 0, "fid": 12.5, "kid": 0.01, "label_consistency": 0.93,
+                        "label_consistency_per_class": {str(c): 0.9 for c in range(10)}, "cas": None,
+                        "not_applicable": {"cas": "too few images"}}
+    ev_path.write_text(json.dumps(ev))
+    text = gencls.report(vae_run, out=tmp_path / "r.html", log=quiet).read_text()
+    assert "<h2>Generation</h2>" in text and "fid" in text and "not applicable (too few images)" in text
+    assert "label_consistency_per_class" in text
+
+
+def test_compare_report_shows_table_and_plot(tmp_path, data_root):
+    out = tmp_path / "cmp"
+    gencls.compare(methods=["supervised"], seeds=2, epochs=1, subset=1200, val_size=200, batch_size=50, threads=1,
+                   device="cpu", out=str(out), log=quiet)
+    path = gencls.report(out)
+    text = path.read_text()
+    assert "supervised" in text and "test error % (mean ± std)" in text and "supervised-seed2" in text
+    images = open_in_chromium(path)
+    assert [i["alt"] for i in images] == ["test error per method"]
+    assert all(i["complete"] and i["width"] > 0 for i in images)
+
+
+def test_report_on_missing_folder_is_a_user_error(tmp_path):
+    with pytest.raises(gencls.InputError, match="no such run"):
+        gencls.report(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(gencls.InputError, match="not a finished run"):
+        gencls.report(tmp_path / "empty")
