@@ -66,8 +66,9 @@ def main() -> int:
                 page.mouse.move(box["x"] + x, box["y"] + y, steps=10)
             page.mouse.up()
             page.wait_for_selector("#result:not(.hidden)", timeout=15000)
-            page.wait_for_function("model && (!model.can_generate || (document.getElementById('samples').complete && "
-                                   "document.getElementById('samples').naturalWidth > 0))", timeout=15000)
+            page.wait_for_function("model && (!model.can_generate || "
+                                   "!document.getElementById('samples-note').textContent.startsWith('generating'))",
+                                   timeout=30000)
             page.wait_for_timeout(300)
             page.screenshot(path=args.out)
             print(f"predicted {page.text_content('#top-class')} ({page.text_content('#top-prob')}); "
