@@ -5,6 +5,7 @@ mouse through playwright (``/usr/bin/chromium``; no browser download), waits for
 and the generated samples, and saves a PNG.
 
     python benchmarks/page_screenshot.py --run runs/demo --digit 3 --out docs/serve-page.png
+    python benchmarks/page_screenshot.py --run runs/demo --upload shoe.png --out docs/serve-page-shoe.png
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True)
     p.add_argument("--digit", choices=sorted(DIGITS), default="3")
+    p.add_argument("--upload", help="drop this image file instead of drawing")
     p.add_argument("--out", required=True)
     p.add_argument("--chromium", default="/usr/bin/chromium")
     args = p.parse_args()
@@ -58,16 +60,20 @@ def main() -> int:
             page.goto(url + "/")
             page.wait_for_function("document.getElementById('meta').textContent.length > 30 && "
                                    "!document.getElementById('meta').textContent.startsWith('loading')")
-            box = page.locator("#canvas").bounding_box()
-            points = DIGITS[args.digit]
-            page.mouse.move(box["x"] + points[0][0], box["y"] + points[0][1])
-            page.mouse.down()
-            for x, y in points[1:]:
-                page.mouse.move(box["x"] + x, box["y"] + y, steps=10)
-            page.mouse.up()
+            if args.upload:
+                page.set_input_files("#file", args.upload)
+            else:
+                box = page.locator("#canvas").bounding_box()
+                points = DIGITS[args.digit]
+                page.mouse.move(box["x"] + points[0][0], box["y"] + points[0][1])
+                page.mouse.down()
+                for x, y in points[1:]:
+                    page.mouse.move(box["x"] + x, box["y"] + y, steps=10)
+                page.mouse.up()
             page.wait_for_selector("#result:not(.hidden)", timeout=15000)
-            page.wait_for_function("model && (!model.can_generate || (document.getElementById('samples').complete && "
-                                   "document.getElementById('samples').naturalWidth > 0))", timeout=15000)
+            page.wait_for_function("model && (!model.can_generate || "
+                                   "!document.getElementById('samples-note').textContent.startsWith('generating'))",
+                                   timeout=30000)
             page.wait_for_timeout(300)
             page.screenshot(path=args.out)
             print(f"predicted {page.text_content('#top-class')} ({page.text_content('#top-prob')}); "

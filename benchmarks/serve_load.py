@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -49,9 +50,10 @@ def main() -> int:
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    log = tempfile.NamedTemporaryFile("w+", prefix="gencls-serve-", suffix=".log", delete=False)
     server = subprocess.Popen([sys.executable, "-m", "gencls", "serve", args.run, "--host", "127.0.0.1",
-                               "--port", str(port), "--threads", str(args.threads)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                               "--port", str(port), "--threads", str(args.threads), "--log-level", "warning"],
+                              stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         t0 = time.time()
         while True:
@@ -61,7 +63,8 @@ def main() -> int:
             except httpx.HTTPError:
                 pass
             if server.poll() is not None or time.time() - t0 > 120:
-                raise SystemExit(f"server did not start:\n{server.stdout.read() if server.stdout else ''}")
+                log.seek(0)
+                raise SystemExit(f"server did not start:\n{log.read()}")
             time.sleep(0.2)
         images = load_split("mnist", "test", log=lambda s: None).images[:500, 0].numpy()
         payloads = []
@@ -110,6 +113,8 @@ def main() -> int:
             server.wait(timeout=15)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
+        log.close()
+        os.unlink(log.name)
     lat = np.array(latencies) * 1000
     batches = after["batches"] - before["batches"]
     result = {"clients": args.clients, "requests": len(latencies) + len(errors), "ok": len(latencies),

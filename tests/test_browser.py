@@ -48,7 +48,7 @@ def test_draw_a_digit_and_upload_a_file(live_server, gan_run, mnist_test, tmp_pa
             # generated samples of the predicted class, or the server's reason why there are none
             # (this small run's generator may draw no "1" that its classifier accepts)
             page.wait_for_function("!document.getElementById('samples-box').classList.contains('hidden') && "
-                                   "document.getElementById('samples-note').textContent.length > 0", timeout=30000)
+                                   "!document.getElementById('samples-note').textContent.startsWith('generating')", timeout=30000)
             note = page.text_content("#samples-note")
             assert "classifier assigns" in note or "assigned none" in note, note
             page.screenshot(path=str(tmp_path / "drawn.png"))
@@ -60,6 +60,8 @@ def test_draw_a_digit_and_upload_a_file(live_server, gan_run, mnist_test, tmp_pa
             page.set_input_files("#file", str(digit))
             page.wait_for_function(f"document.getElementById('top-class').textContent === {expected!r} && "
                                    "!document.getElementById('result').classList.contains('hidden')", timeout=15000)
+            page.wait_for_function("!document.getElementById('samples-note').textContent.startsWith('generating')",
+                                   timeout=30000)
             page.screenshot(path=str(tmp_path / "uploaded.png"))
             assert outside == []  # nothing fetched from anywhere but the server
         finally:

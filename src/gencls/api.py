@@ -194,6 +194,9 @@ def evaluate(run: Run | str | Path, split: str = "test", data_root: str | None =
     ``ood``: other data (``"fashion-mnist"``, ``"noise"``, a dataset name) to measure the AUROC of
     the out-of-distribution score against; results go under ``report["ood"][name]``.
     """
+    if ood:
+        from gencls.evaluation.ood import check_ood_names
+        check_ood_names(ood)
     run = _as_run(run)
     cfg = run.config
     root = data_root or cfg.data_root

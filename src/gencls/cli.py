@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-batch", type=_positive_int, default=64, help="most images per model call")
     sv.add_argument("--threads", type=_positive_int, help="CPU threads for inference")
     sv.add_argument("--device", default="cpu")
+    sv.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
+                    help="uvicorn's log level (info logs every request)")
 
     c = sub.add_parser("compare", help="train and evaluate several methods over several seeds, side by side")
     c.add_argument("--methods", default=",".join(list_methods()),
@@ -323,7 +325,8 @@ def cmd_serve(args) -> int:
 
     limits = ServerLimits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_images=args.max_images,
                           max_pixels=args.max_pixels, max_batch=args.max_batch)
-    serve(args.run, host=args.host, port=args.port, limits=limits, threads=args.threads, device=args.device)
+    serve(args.run, host=args.host, port=args.port, limits=limits, threads=args.threads, device=args.device,
+          log_level=args.log_level)
     return 0
 
 

@@ -77,7 +77,8 @@ def _fashion_mnist(split: str, root: Path, log) -> Split:
     prefix = "train" if split == "train" else "t10k"
     images = read_idx(raw / f"{prefix}-images-idx3-ubyte")
     labels = read_idx(raw / f"{prefix}-labels-idx1-ubyte")
-    if images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) != len(labels):
+    expected = 60000 if split == "train" else 10000
+    if images.shape != (expected, 28, 28) or labels.shape != (expected,) or labels.max() > 9:
         raise GenclsError(f"{raw}: unexpected Fashion-MNIST arrays {images.shape} / {labels.shape}")
     return Split(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype("int64")),
                  list(FASHION_MNIST_CLASSES))

@@ -54,6 +54,16 @@ def conform(images: torch.Tensor, image_shape: tuple[int, int, int]) -> torch.Te
     return images.clamp(0, 1).contiguous()
 
 
+def check_ood_names(names) -> None:
+    """Refuse unknown ``--ood`` names before any work is done."""
+    from gencls.data import list_datasets
+
+    known = sorted(set(OOD_SETS) | set(list_datasets()))
+    for name in names:
+        if name not in known:
+            raise GenclsError(f"--ood {name}: one of {', '.join(known)}")
+
+
 def ood_images(name: str, image_shape: tuple[int, int, int], data_root=None, n: int = 10000,
                log: Callable[[str], None] = print) -> torch.Tensor:
     """The images an out-of-distribution evaluation compares the test set with, as model inputs.
@@ -64,9 +74,8 @@ def ood_images(name: str, image_shape: tuple[int, int, int], data_root=None, n: 
     if name == "noise":
         gen = torch.Generator().manual_seed(NOISE_SEED)
         return torch.rand(n, *image_shape, generator=gen)
-    from gencls.data import list_datasets, load_split
+    from gencls.data import load_split
 
-    if name not in list_datasets():
-        raise GenclsError(f"--ood {name}: one of {', '.join(sorted(set(OOD_SETS) | set(list_datasets())))}")
+    check_ood_names([name])
     data = load_split(name, "test", data_root, log=log)
     return conform(data.images.float().div(255), image_shape)
