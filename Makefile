@@ -11,7 +11,7 @@ DEMO_EPOCHS ?= 30
 DEMO_MINUTES ?= 13
 DEMO_RUN    ?= runs/demo
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench bench-generation clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/mnist_ssl.py --method improved-gan --labels 100 --minutes 30 --out runs/bench-improved-gan.json
+
+# The generation table and per-class grids in docs/ (acgan 100 / all labels, improved-gan 100 labels).
+bench-generation: setup
+	$(PY) benchmarks/generation_table.py --minutes 4 --threads 1 --docs docs
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

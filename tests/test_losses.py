@@ -4,7 +4,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from gencls.losses import feature_matching_loss, ssl_gan_real_probability, ssl_gan_unlabelled_loss
+from gencls.losses import feature_matching_loss, real_fake_loss, ssl_gan_real_probability, ssl_gan_unlabelled_loss
 
 
 def lse(row):
@@ -56,3 +56,15 @@ def test_feature_matching_loss():
     fake = [[0.0, 0.0], [2.0, 2.0]]  # mean (1, 1)
     expected = ((2 - 1) ** 2 + (3 - 1) ** 2) / 2
     assert abs(feature_matching_loss(torch.tensor(real), torch.tensor(fake)).item() - expected) < 1e-6
+
+
+def test_real_fake_loss_is_binary_cross_entropy_on_logits():
+    logits = [2.0, -1.0, 0.0]
+    sig = [1 / (1 + math.exp(-v)) for v in logits]
+    real = -sum(math.log(p) for p in sig) / 3
+    fake = -sum(math.log(1 - p) for p in sig) / 3
+    assert abs(real_fake_loss(torch.tensor(logits), real=True).item() - real) < 1e-6
+    assert abs(real_fake_loss(torch.tensor(logits), real=False).item() - fake) < 1e-6
+    # stable where sigmoid saturates
+    assert torch.isfinite(real_fake_loss(torch.tensor([-200.0]), real=True))
+    assert abs(real_fake_loss(torch.tensor([-200.0]), real=True).item() - 200.0) < 1e-3

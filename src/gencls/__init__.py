@@ -13,9 +13,10 @@ images, evaluate it honestly, generate images, and classify files::
 """
 __version__ = "0.1.0"
 
-from gencls.api import Run, evaluate, generate, load_run, predict, train  # noqa: E402
+from gencls.api import (Run, evaluate, generate, generate_per_class, interpolate, load_run, predict,  # noqa: E402
+                        prepare_metrics, train, write_images)
 from gencls.config import TrainConfig  # noqa: E402
 from gencls.errors import GenclsError, InputError  # noqa: E402
 
-__all__ = ["GenclsError", "InputError", "Run", "TrainConfig", "__version__", "evaluate", "generate", "load_run",
-           "predict", "train"]
+__all__ = ["GenclsError", "InputError", "Run", "TrainConfig", "__version__", "evaluate", "generate",
+           "generate_per_class", "interpolate", "load_run", "predict", "prepare_metrics", "train", "write_images"]

@@ -28,3 +28,13 @@ def ssl_gan_real_probability(logits: torch.Tensor) -> torch.Tensor:
 def feature_matching_loss(features_real: torch.Tensor, features_fake: torch.Tensor) -> torch.Tensor:
     """Mean squared difference between the batch means of real and generated features."""
     return (features_real.mean(0) - features_fake.mean(0)).pow(2).mean()
+
+
+def real_fake_loss(logits: torch.Tensor, real: bool) -> torch.Tensor:
+    """Binary cross-entropy on real/fake logits against an all-real (1) or all-fake (0) target.
+
+    Real: mean softplus(-l) = -mean log sigmoid(l); fake: mean softplus(l) = -mean log(1 - sigmoid(l)).
+    The generator's non-saturating loss is ``real_fake_loss(logits_of_fakes, real=True)``.
+    """
+    target = torch.ones_like(logits) if real else torch.zeros_like(logits)
+    return F.binary_cross_entropy_with_logits(logits, target)

@@ -7,7 +7,10 @@ built from (config, image shape, number of classes) and implements:
 - ``train_step(x_lab, y_lab, x_unl) -> dict`` of scalar loss tensors (detached; ``float()`` them
   when you need numbers -- the trainer does so only when it reports, to avoid a host sync per step);
 - ``classify(x) -> logits`` (evaluation mode, EMA weights where the method keeps them);
-- ``generate(n, labels=None, generator=None) -> images`` in [0, 1], or ``CannotGenerate``;
+- ``sample_latent(n, generator=None) -> z`` and ``decode(z, labels=None) -> images`` in [0, 1]
+  for methods that generate (``can_generate``; ``can_condition`` if ``labels`` pick the class);
+  ``generate(n, labels=None, generator=None)`` is ``decode(sample_latent(n))`` and raises
+  ``CannotGenerate`` for a method without a generator, or given labels it cannot condition on;
 - ``ood_score(x) -> (N,)``: how much each input looks like the training data (higher = more
   alike); the default is the maximum softmax probability, methods with a better signal
   (a discriminator, a reconstruction or ELBO) override it;
@@ -61,6 +64,18 @@ class Method(nn.Module):
 
     def generate(self, n: int, labels: torch.Tensor | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` images in [0, 1]; ``labels`` (n,) picks their classes where ``can_condition``."""
+        if labels is not None and not self.can_condition:
+            raise CannotGenerate(f"method {self.name} cannot generate a chosen class: "
+                                 + ("its generator is unconditional" if self.can_generate else "it has no generator"))
+        return self.decode(self.sample_latent(n, generator), labels)
+
+    def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` latent points (n, ...) from the generator's prior, on the method's device."""
+        raise CannotGenerate(f"method {self.name} cannot generate images")
+
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Images in [0, 1] from latent points (and classes, where ``can_condition``); eval mode."""
         raise CannotGenerate(f"method {self.name} cannot generate images")
 
     def ood_score(self, x: torch.Tensor) -> torch.Tensor:

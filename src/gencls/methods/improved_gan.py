@@ -90,8 +90,11 @@ class ImprovedGAN(Method):
         with self.evaluating():
             return ssl_gan_real_probability(self.ema.shadow(x)[0])
 
-    def generate(self, n, labels=None, generator=None):
+    def sample_latent(self, n, generator=None):
+        return self.gen.sample_z(n, self.device, generator)
+
+    def decode(self, z, labels=None):
         if labels is not None:
             raise CannotGenerate("improved-gan's generator is unconditional: it cannot generate a chosen class")
         with self.evaluating():
-            return self.gen(self.gen.sample_z(n, self.device, generator))
+            return self.gen(z)

@@ -1,6 +1,8 @@
 """Network blocks and networks shared by methods."""
+from gencls.nets.conv import ConvClassifier, ConvDiscriminator, ConvGenerator
 from gencls.nets.ema import EMA
 from gencls.nets.layers import BiasOnlyBatchNorm1d, GaussianNoise, WNLinear
 from gencls.nets.mlp import MLPClassifier, MLPGenerator
 
-__all__ = ["EMA", "BiasOnlyBatchNorm1d", "GaussianNoise", "MLPClassifier", "MLPGenerator", "WNLinear"]
+__all__ = ["EMA", "BiasOnlyBatchNorm1d", "ConvClassifier", "ConvDiscriminator", "ConvGenerator", "GaussianNoise",
+           "MLPClassifier", "MLPGenerator", "WNLinear"]
