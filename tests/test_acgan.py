@@ -23,7 +23,7 @@ def gencls_cli(*args):
     return subprocess.run([sys.executable, "-m", "gencls", *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("labels,bound", [(100, 0.5), ("all", 0.2)])
+@pytest.mark.parametrize("labels,bound", [(100, 0.5), ("all", 0.3)])
 def test_short_acgan_training_learns(tmp_path, data_root, labels, bound):
     out = gencls.train(cfg(tmp_path, f"acgan-{labels}", labels=labels))
     rows = read_metrics(out)

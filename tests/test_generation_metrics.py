@@ -76,7 +76,7 @@ def test_generation_report_is_deterministic_for_a_seed(small_feature_net, data_r
     classes = [str(i) for i in range(10)]
 
     def report(seed):
-        return generation_report(m, classes, small_feature_net, "mnist", data_root, n=1000, seed=seed, cas_epochs=1,
+        return generation_report(m, classes, small_feature_net, "mnist", data_root, n=600, seed=seed, cas_epochs=1,
                                  log=lambda s: None)
 
     r1, r2, r3 = report(0), report(0), report(1)

@@ -56,6 +56,12 @@ class ACGAN(Method):
     def load_extra_state(self, state):
         self.ema.updates = int(state.get("ema_updates", 0))
 
+    def setup(self, x):
+        """Start the generator's output at the data's mean intensity (its output bias = logit of the mean
+        pixel) rather than at 0.5 grey: from grey, the first steps make every output weight negative to
+        darken the background, and the generator then stays stuck making dim images (seen on MNIST)."""
+        self.gen.init_output_bias(x.mean())
+
     def train_step(self, x_lab, y_lab, x_unl):
         c = self.config
         n_lab, n_unl = x_lab.shape[0], x_unl.shape[0]

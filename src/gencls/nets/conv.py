@@ -57,6 +57,12 @@ class ConvGenerator(nn.Module):
     def sample_z(self, n: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.randn(n, self.nz, device=device, generator=generator)
 
+    @torch.no_grad()
+    def init_output_bias(self, mean_pixel: float | torch.Tensor) -> None:
+        """Set the output bias to logit(mean_pixel), so that the first images have the data's mean intensity."""
+        p = torch.as_tensor(mean_pixel, dtype=torch.float32).clamp(1e-3, 1 - 1e-3)
+        self.up2.bias.fill_(float(torch.log(p / (1 - p))))
+
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.embed is not None:
             if labels is None:
