@@ -15,7 +15,7 @@ DEMO_RUN    ?= runs/demo
 # Installed only when missing; playwright drives /usr/bin/chromium and never downloads a browser.
 APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: setup system-deps demo test bench compare clean
+.PHONY: setup system-deps demo test bench bench-generation compare clean
 
 setup: system-deps $(STAMP)
 
@@ -55,6 +55,10 @@ compare: setup
 	$(GENCLS) compare --methods improved-gan,vae-m2,aae,supervised --dataset mnist --labels 100 --seeds 3 \
 		--epochs 100 --minutes $(COMPARE_MINUTES) --jobs 1 --threads 1 --out $(COMPARE_OUT)
 	$(GENCLS) report $(COMPARE_OUT)
+
+# The generation table and per-class grids in docs/ (acgan 100 / all labels, improved-gan 100 labels).
+bench-generation: setup
+	$(PY) benchmarks/generation_table.py --minutes 4 --threads 1 --docs docs
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

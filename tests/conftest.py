@@ -81,3 +81,17 @@ def live_server(gan_run):
     yield url
     server.should_exit = True
     thread.join(timeout=10)
+
+
+FEATURE_NET_SUBSET, FEATURE_NET_EPOCHS = 5000, 2  # the full network (60000 images, 4 epochs) is benchmarks' job
+
+
+@pytest.fixture(scope="session")
+def small_feature_net(tmp_path_factory, data_root):
+    """A feature network trained on 5000 MNIST training images (the real recipe, fewer images and epochs)."""
+    from gencls.evaluation import featurenet
+
+    cache = tmp_path_factory.mktemp("feature_nets")
+    info = featurenet.prepare("mnist", data_root, cache_dir=cache, log=lambda s: None,
+                              subset=FEATURE_NET_SUBSET, epochs=FEATURE_NET_EPOCHS)
+    return featurenet.load_path(info["path"])

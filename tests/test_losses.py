@@ -4,7 +4,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from gencls.losses import feature_matching_loss, ssl_gan_real_probability, ssl_gan_unlabelled_loss
+from gencls.losses import feature_matching_loss, real_fake_loss, ssl_gan_real_probability, ssl_gan_unlabelled_loss
 
 
 def lse(row):
@@ -133,3 +133,15 @@ def test_adversarial_losses_against_hand_computation():
     assert abs(adversarial_generator_loss(torch.tensor(encoded)).item() - expected_g) < 1e-6
     # stable for large logits
     assert torch.isfinite(adversarial_discriminator_loss(torch.tensor([[1e4]]), torch.tensor([[-1e4]])))
+
+
+def test_real_fake_loss_is_binary_cross_entropy_on_logits():
+    logits = [2.0, -1.0, 0.0]
+    sig = [1 / (1 + math.exp(-v)) for v in logits]
+    real = -sum(math.log(p) for p in sig) / 3
+    fake = -sum(math.log(1 - p) for p in sig) / 3
+    assert abs(real_fake_loss(torch.tensor(logits), real=True).item() - real) < 1e-6
+    assert abs(real_fake_loss(torch.tensor(logits), real=False).item() - fake) < 1e-6
+    # stable where sigmoid saturates
+    assert torch.isfinite(real_fake_loss(torch.tensor([-200.0]), real=True))
+    assert abs(real_fake_loss(torch.tensor([-200.0]), real=True).item() - 200.0) < 1e-3

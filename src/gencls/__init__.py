@@ -21,10 +21,13 @@ from gencls.errors import GenclsError, InputError  # noqa: E402
 # ``gencls.onnx_runtime``, the CLI's ``predict --onnx``) run where PyTorch is not installed.
 _LAZY = {"Run": "gencls.api", "evaluate": "gencls.api", "generate": "gencls.api", "load_run": "gencls.api",
          "predict": "gencls.api", "train": "gencls.api", "TrainConfig": "gencls.config",
-         "CompareConfig": "gencls.comparison", "compare": "gencls.comparison", "report": "gencls.reporting"}
+         "CompareConfig": "gencls.comparison", "compare": "gencls.comparison", "report": "gencls.reporting",
+         "generate_per_class": "gencls.api", "interpolate": "gencls.api", "prepare_metrics": "gencls.api",
+         "write_images": "gencls.api"}
 
 __all__ = ["CompareConfig", "GenclsError", "InputError", "Run", "TrainConfig", "__version__", "compare", "evaluate",
-           "generate", "load_run", "predict", "report", "train"]
+           "generate", "generate_per_class", "interpolate", "load_run", "predict", "prepare_metrics", "report", "train",
+           "write_images"]
 
 
 def __getattr__(name: str):

@@ -12,7 +12,7 @@ from gencls.config import TrainConfig
 from gencls.data import find_images, load_image, load_split
 from gencls.errors import GenclsError, InputError
 from gencls.evaluation.metrics import classification_report, predict_logits
-from gencls.methods import Method, create_method
+from gencls.methods import CannotGenerate, Method, create_method
 from gencls.results import Prediction
 from gencls.training.checkpoint import load_checkpoint, validate_modules
 from gencls.training.trainer import train as _train
@@ -188,16 +188,26 @@ def _as_run(run: Run | str | Path, device: str = "cpu") -> Run:
 
 
 def evaluate(run: Run | str | Path, split: str = "test", data_root: str | None = None, write: bool = True,
-             log=print, ood: list[str] | tuple[str, ...] = ()) -> dict:
+             log=print, ood: list[str] | tuple[str, ...] = (), generation: bool = False, n: int = 10000,
+             seed: int = 0, cas_epochs: int = 5, feature_net=None) -> dict:
     """Error on the test set (or the saved validation split); writes eval.json and confusion.png.
 
     ``ood``: other data (``"fashion-mnist"``, ``"noise"``, a dataset name) to measure the AUROC of
     the out-of-distribution score against; results go under ``report["ood"][name]``.
+    ``generation=True`` adds the generation metrics of ``n`` images generated with ``seed`` (FID,
+    KID, classifier score, label consistency, CAS; see ``gencls.evaluation.generation``) under
+    ``report["generation"]``, measured with the dataset's feature network (trained on first use),
+    or with ``feature_net`` (a ``FeatureNet`` or the path of a file ``prepare_metrics`` made).
     """
     if ood:
         from gencls.evaluation.ood import check_ood_names
         check_ood_names(ood)
     run = _as_run(run)
+    if generation:
+        if not run.method.can_generate:
+            raise CannotGenerate(f"method {run.config.method} cannot generate images: nothing to measure")
+        if n < 2:
+            raise GenclsError(f"--n {n}: at least 2 generated images are needed for FID")
     cfg = run.config
     root = data_root or cfg.data_root
     if split == "test":
@@ -216,6 +226,20 @@ def evaluate(run: Run | str | Path, split: str = "test", data_root: str | None =
     report = {"split": split, "method": cfg.method, "dataset": cfg.dataset, "labels": cfg.labels,
               "checkpoint_epoch": run.meta.get("epoch"), "val_error": run.meta.get("val_error"),
               **classification_report(y, logits, run.classes)}
+    if generation:
+        from gencls.evaluation import featurenet
+        from gencls.evaluation.generation import generation_report
+
+        if feature_net is None:
+            fnet = featurenet.load(cfg.dataset, root, device=run.device, log=log)
+        elif isinstance(feature_net, featurenet.FeatureNet):
+            fnet = feature_net
+        else:
+            fnet = featurenet.load_path(feature_net, device=run.device)
+        if fnet.info.get("dataset") != cfg.dataset:
+            raise GenclsError(f"the feature network is for {fnet.info.get('dataset')}, the run for {cfg.dataset}")
+        report["generation"] = generation_report(run.method, run.classes, fnet, cfg.dataset, root, n=n, seed=seed,
+                                                 cas_epochs=cas_epochs, log=log)
     name = "eval.json" if split == "test" else f"eval_{split}.json"
     write = write and run.path is not None
     if ood:
@@ -300,17 +324,63 @@ def predict(run: Run | str | Path, paths: list[str | Path], top_k: int = 3, inve
     return results
 
 
+def prepare_metrics(dataset: str = "mnist", data_root: str | None = None, force: bool = False, device: str = "cpu",
+                    log=print) -> dict:
+    """Train (or find cached) the dataset's feature network for the generation metrics; returns its
+    info (path, sha256, test_accuracy, train_seconds, ...)."""
+    from gencls.evaluation import featurenet
+
+    return featurenet.prepare(dataset, data_root, force=force, device=resolve_device(device), log=log)
+
+
+def class_index(run: Run, c: int | str) -> int:
+    """A class given by name (``"7"``, ``"cat"``) or by index -> its index."""
+    if str(c) in run.classes:
+        return run.classes.index(str(c))
+    try:
+        i = int(c)
+    except (TypeError, ValueError):
+        i = -1
+    if 0 <= i < len(run.classes):
+        return i
+    raise GenclsError(f"--class {c}: unknown class (classes: {', '.join(run.classes)})")
+
+
+def _labels_tensor(run: Run, labels, n: int) -> torch.Tensor | None:
+    if labels is None:
+        return None
+    if not run.method.can_condition:
+        raise CannotGenerate(f"method {run.config.method} cannot generate a chosen class: "
+                             + ("its generator is unconditional" if run.method.can_generate else "it has no generator"))
+    if isinstance(labels, (int, str)):
+        return torch.full((n,), class_index(run, labels), dtype=torch.long)
+    if isinstance(labels, torch.Tensor):
+        labels = labels.tolist()
+    out = torch.tensor([class_index(run, c) for c in labels], dtype=torch.long)
+    if len(out) != n:
+        raise GenclsError(f"{len(out)} labels given for {n} images")
+    return out
+
+
+def _generator(run: Run, seed: int | None) -> torch.Generator:
+    gen = torch.Generator(device=run.device)
+    gen.manual_seed(seed if seed is not None else secrets.randbits(63))  # leaves the global RNG alone
+    return gen
+
+
 def generate(run: Run | str | Path, n: int = 100, seed: int | None = None,
-             labels: torch.Tensor | list[int] | None = None) -> torch.Tensor:
-    """``n`` generated images (N, C, H, W) in [0, 1]; ``labels`` for class-conditional methods."""
+             labels: torch.Tensor | list[int | str] | int | str | None = None) -> torch.Tensor:
+    """``n`` generated images (N, C, H, W) in [0, 1].
+
+    ``labels``: one class (index or name) for all ``n`` images, or one per image; only for
+    class-conditional methods (``CannotGenerate`` otherwise). ``seed`` makes it repeatable.
+    """
     run = _as_run(run)
     if n < 1:
         raise GenclsError(f"--n {n}: must be at least 1")
-    gen = torch.Generator(device=run.device)
-    gen.manual_seed(seed if seed is not None else secrets.randbits(63))  # leaves the global RNG alone
-    if labels is not None:
-        labels = torch.as_tensor(labels, dtype=torch.long, device=run.device)
-    return run.method.generate(n, labels=labels, generator=gen).cpu()
+    lab = _labels_tensor(run, labels, n)
+    gen = _generator(run, seed)
+    return run.method.generate(n, labels=None if lab is None else lab.to(run.device), generator=gen).cpu()
 
 
 def generate_class(run: Run | str | Path, label: str | int, n: int = 8, seed: int | None = None,
@@ -337,7 +407,7 @@ def generate_class(run: Run | str | Path, label: str | int, n: int = 8, seed: in
         from gencls.methods import CannotGenerate
         raise CannotGenerate(f"method {run.method.name} cannot generate images")
     gen = torch.Generator(device=run.device)
-    gen.manual_seed(seed if seed is not None else torch.seed())
+    gen.manual_seed(seed if seed is not None else secrets.randbits(63))
     if run.method.can_condition:
         labels = torch.full((n,), index, dtype=torch.long, device=run.device)
         return run.method.generate(n, labels=labels, generator=gen).cpu(), {
@@ -351,3 +421,61 @@ def generate_class(run: Run | str | Path, label: str | int, n: int = 8, seed: in
     images = torch.cat(kept)[:n]
     return images, {"class": run.classes[index], "how": "filtered by the classifier", "drawn": drawn,
                     "kept": len(images)}
+
+
+def generate_per_class(run: Run | str | Path, per_class: int = 10, seed: int | None = None
+                       ) -> tuple[torch.Tensor, list[str]]:
+    """``per_class`` images of every class, class by class: (images (K*per_class, C, H, W), row labels)."""
+    run = _as_run(run)
+    if per_class < 1:
+        raise GenclsError(f"--per-class {per_class}: must be at least 1")
+    k = len(run.classes)
+    labels = torch.arange(k).repeat_interleave(per_class)
+    return generate(run, n=k * per_class, seed=seed, labels=labels), list(run.classes)
+
+
+def interpolate(run: Run | str | Path, rows: int = 10, steps: int = 10, seed: int | None = None
+                ) -> tuple[torch.Tensor, list[str] | None]:
+    """Rows that walk in ``steps`` equal steps between two random latent points (images (rows*steps, C, H, W)).
+
+    For a class-conditional method row r keeps class r mod K all along (row labels: the class names);
+    otherwise the row labels are None.
+    """
+    run = _as_run(run)
+    if rows < 1 or steps < 2:
+        raise GenclsError(f"interpolation needs at least 1 row and 2 steps (got {rows} and {steps})")
+    m = run.method
+    gen = _generator(run, seed)
+    z0, z1 = m.sample_latent(rows, gen), m.sample_latent(rows, gen)
+    t = torch.linspace(0, 1, steps, device=z0.device).view(1, steps, *([1] * (z0.ndim - 1)))
+    z = (z0.unsqueeze(1) * (1 - t) + z1.unsqueeze(1) * t).flatten(0, 1)
+    row_labels = None
+    labels = None
+    if m.can_condition:
+        cls = torch.arange(rows) % len(run.classes)
+        labels = cls.repeat_interleave(steps).to(z.device)
+        row_labels = [run.classes[i] for i in cls.tolist()]
+    return m.decode_latent(z, labels).cpu(), row_labels
+
+
+def write_images(run: Run | str | Path, images: torch.Tensor, out_dir: str | Path,
+                 labels: torch.Tensor | list[int] | None = None) -> list[Path]:
+    """One PNG per image in ``out_dir``, named with its class: ``00000_7.png`` for the class it was
+    generated as, or ``00000_pred-7.png`` (the run's own classifier's prediction) when unconditional."""
+    from torchvision.utils import save_image
+
+    run = _as_run(run)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise GenclsError(f"--out-dir {out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    if labels is not None:
+        names = [run.classes[int(i)] for i in torch.as_tensor(labels).tolist()]
+    else:
+        names = ["pred-" + c for c in run.predict_classes(images)]
+    paths = []
+    for i, (img, name) in enumerate(zip(images, names)):
+        p = out / f"{i:05d}_{name}.png"
+        save_image(img.float().clamp(0, 1), str(p))
+        paths.append(p)
+    return paths

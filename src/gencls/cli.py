@@ -135,13 +135,40 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ood", action="append", default=[], metavar="DATA",
                    help="also the AUROC of the out-of-distribution score, test set vs DATA: fashion-mnist, noise "
                         "or a dataset name (repeatable)")
+    e.add_argument("--generation", action="store_true",
+                   help="also measure generated images: FID, KID, classifier score, label consistency, CAS")
+    e.add_argument("--n", type=_positive_int, help="generated images for --generation (default 10000)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the generated images for --generation")
+    e.add_argument("--cas-epochs", type=_positive_int, default=5, help="epochs of the CAS classifier")
+    e.add_argument("--feature-net", metavar="FILE",
+                   help="feature network file for --generation (default: the data root's, made on first use)")
+    e.add_argument("--device", default="cpu", help="cpu, auto or cuda[:N]")
 
-    g = sub.add_parser("generate", help="write a grid of generated images")
+    g = sub.add_parser("generate", help="write generated images: a grid, a grid per class, interpolations, or files")
     g.add_argument("run")
-    g.add_argument("--n", type=_positive_int, default=100)
-    g.add_argument("--out", required=True, help="PNG file")
-    g.add_argument("--seed", type=int)
+    g.add_argument("--n", type=_positive_int, default=100, help="images (ignored with --per-class/--interpolate)")
+    g.add_argument("--class", dest="cls", metavar="CLASS", help="generate this class (name or index; "
+                   "class-conditional methods only)")
+    g.add_argument("--per-class", type=_positive_int, metavar="K",
+                   help="K images of every class, one labelled row per class")
+    g.add_argument("--interpolate", action="store_true",
+                   help="rows that walk between two latent points (--nrow steps, --rows rows)")
+    g.add_argument("--rows", type=_positive_int, default=10, help="rows of --interpolate")
+    out = g.add_mutually_exclusive_group(required=True)
+    out.add_argument("--out", help="PNG file of the grid")
+    out.add_argument("--out-dir", help="folder: one PNG per image, named with its class")
+    g.add_argument("--seed", type=int, help="makes the images repeatable")
     g.add_argument("--nrow", type=_positive_int, default=10, help="images per row")
+    g.add_argument("--device", default="cpu", help="cpu, auto or cuda[:N]")
+
+    mt = sub.add_parser("metrics", help="the feature networks of the generation metrics")
+    msub = mt.add_subparsers(dest="metrics_command", metavar="ACTION", parser_class=_Parser)
+    mp = msub.add_parser("prepare", help="train and cache a dataset's feature network (once)")
+    mp.add_argument("--dataset", default="mnist", help=f"one of: {', '.join(list_datasets())}")
+    mp.add_argument("--data-root", help="data root (default: $GENCLS_DATA, else ~/.cache/gencls)")
+    mp.add_argument("--force", action="store_true", help="train again even if cached")
+    mp.add_argument("--device", default="cpu", help="cpu, auto or cuda[:N]")
+    mp.add_argument("--threads", type=_positive_int, help="CPU threads (default: torch's choice)")
 
     pr = sub.add_parser("predict", help="classify image files or folders",
                         usage="gencls predict RUN PATH... | gencls predict --onnx MODEL.onnx PATH... [options]")
@@ -233,12 +260,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from gencls.api import evaluate
+    from gencls.api import evaluate, load_run
 
-    from gencls.api import load_run
-
-    run = load_run(args.run)
-    r = evaluate(run, split=args.split, data_root=args.data_root, ood=tuple(dict.fromkeys(args.ood)))
+    if not args.generation and args.n is not None:
+        raise GenclsError("--n applies to --generation only")
+    run = load_run(args.run, device=args.device)
+    r = evaluate(run, split=args.split, data_root=args.data_root, ood=tuple(dict.fromkeys(args.ood)),
+                 generation=args.generation, n=args.n or 10000, seed=args.seed, cas_epochs=args.cas_epochs,
+                 feature_net=args.feature_net)
     print(f"{r['method']} on {r['dataset']} {args.split} ({r['n']} images, checkpoint of epoch {r['checkpoint_epoch']}): "
           f"error {r['error_percent']:.2f}%, accuracy {100 * r['accuracy']:.2f}%")
     print("per-class accuracy: " + "  ".join(f"{c}: {100 * a:.1f}%" for c, a in r["per_class_accuracy"].items()))
@@ -247,6 +276,19 @@ def cmd_evaluate(args) -> int:
         print(f"out-of-distribution, {args.split} vs {name} ({o['score']}): AUROC {o['auroc']:.4f}, "
               f"FPR at 95% TPR {100 * o['fpr_at_95_tpr']:.1f}%, flagged {100 * o['flagged_in']:.1f}% of {args.split} "
               f"and {100 * o['flagged_out']:.1f}% of {name} (threshold {o['threshold']:.4g})")
+    g = r.get("generation")
+    if g:
+        def pct(v):
+            return "not applicable" if v is None else f"{100 * v:.2f}%"
+
+        print(f"generation ({g['n']} images, seed {g['seed']}; feature network test accuracy "
+              f"{100 * g['feature_net']['test_accuracy']:.2f}%): FID {g['fid']:.3f}, KID {g['kid']:.5f} "
+              f"(+-{g['kid_std']:.5f}), classifier score {g['classifier_score']:.3f} "
+              f"(real test images: {g['classifier_score_real_test']:.3f}), "
+              f"label consistency {pct(g['label_consistency'])}, CAS {pct(g['cas'])}")
+        if g["label_consistency_per_class"]:
+            print("label consistency per class: " + "  ".join(
+                f"{c}: {100 * a:.1f}%" for c, a in g["label_consistency_per_class"].items()))
     if run.path is not None:
         name = "eval.json" if args.split == "test" else f"eval_{args.split}.json"
         print(f"wrote {run.path / name} and the confusion matrix plot")
@@ -254,14 +296,54 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from gencls.api import generate
-    from gencls.training.runlog import save_grid
+    from gencls.api import generate, generate_per_class, interpolate, load_run, write_images
+    from gencls.training.runlog import save_labelled_grid
 
-    if Path(args.out).suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
+    if args.out and Path(args.out).suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
         raise GenclsError(f"--out {args.out}: give an image file name (.png, .jpg, ...)")
-    images = generate(args.run, n=args.n, seed=args.seed)
-    save_grid(images, args.out, nrow=args.nrow)
-    print(f"wrote {args.n} generated images to {args.out}")
+    run = load_run(args.run, device=args.device)
+    if sum([args.cls is not None, args.per_class is not None, args.interpolate]) > 1:
+        raise GenclsError("give one of --class, --per-class and --interpolate")
+    row_labels, labels, nrow = None, None, args.nrow
+    if args.per_class is not None:
+        images, row_labels = generate_per_class(run, args.per_class, seed=args.seed)
+        nrow = args.per_class
+        labels = [c for c in range(len(run.classes)) for _ in range(args.per_class)]
+    elif args.interpolate:
+        images, row_labels = interpolate(run, rows=args.rows, steps=args.nrow, seed=args.seed)
+        if row_labels is not None:
+            labels = [run.classes.index(c) for c in row_labels for _ in range(args.nrow)]
+    else:
+        images = generate(run, n=args.n, seed=args.seed, labels=args.cls)
+        if args.cls is not None:
+            from gencls.api import class_index
+
+            labels = [class_index(run, args.cls)] * args.n
+        elif run.method.can_condition:  # every class in turn
+            labels = [i % len(run.classes) for i in range(args.n)]
+    if args.out_dir:
+        paths = write_images(run, images, args.out_dir, labels)
+        print(f"wrote {len(paths)} generated images to {args.out_dir}/")
+    else:
+        save_labelled_grid(images, args.out, nrow=nrow, row_labels=row_labels)
+        print(f"wrote {len(images)} generated images to {args.out}")
+    return 0
+
+
+def cmd_metrics(args) -> int:
+    import torch
+
+    from gencls.api import prepare_metrics
+
+    if args.metrics_command != "prepare":
+        raise GenclsError("usage: gencls metrics prepare --dataset mnist [--data-root DIR] [--force]")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = prepare_metrics(args.dataset, args.data_root, force=args.force, device=args.device)
+    how = "cached, was trained" if info.get("cached") else "trained"
+    print(f"feature network for {info['dataset']}: test accuracy {100 * info['test_accuracy']:.2f}%, "
+          f"{how} in {info['train_seconds']:.0f}s on {info['device']} ({info['threads']} threads), "
+          f"sha256 {info['sha256'][:16]}..., at {info['path']}")
     return 0
 
 
@@ -335,8 +417,8 @@ def cmd_methods(args) -> int:
 
     for name in list_methods():
         cls = get_method_class(name)
-        gen = "generates" if cls.can_generate else "classifies only"
-        print(f"{name:<14} {gen:<16} {cls.description}")
+        gen = "generates classes" if cls.can_condition else "generates" if cls.can_generate else "classifies only"
+        print(f"{name:<14} {gen:<18} {cls.description}")
     return 0
 
 
@@ -365,7 +447,7 @@ def cmd_report(args) -> int:
 
 COMMANDS = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "generate": cmd_generate,
             "predict": cmd_predict, "export": cmd_export, "serve": cmd_serve, "methods": cmd_methods,
-            "compare": cmd_compare, "report": cmd_report}
+            "compare": cmd_compare, "report": cmd_report, "metrics": cmd_metrics}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,3 +77,13 @@ def adversarial_discriminator_loss(logits_prior: torch.Tensor, logits_encoded: t
 def adversarial_generator_loss(logits_encoded: torch.Tensor) -> torch.Tensor:
     """The encoder's (non-saturating) loss: -log D(code), i.e. BCE of its codes against 'real'."""
     return F.binary_cross_entropy_with_logits(logits_encoded, torch.ones_like(logits_encoded))
+
+
+def real_fake_loss(logits: torch.Tensor, real: bool) -> torch.Tensor:
+    """Binary cross-entropy on real/fake logits against an all-real (1) or all-fake (0) target.
+
+    Real: mean softplus(-l) = -mean log sigmoid(l); fake: mean softplus(l) = -mean log(1 - sigmoid(l)).
+    The generator's non-saturating loss is ``real_fake_loss(logits_of_fakes, real=True)``.
+    """
+    target = torch.ones_like(logits) if real else torch.zeros_like(logits)
+    return F.binary_cross_entropy_with_logits(logits, target)

@@ -85,6 +85,18 @@ class Method(nn.Module):
 
     def generate(self, n: int, labels: torch.Tensor | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` images in [0, 1]; ``labels`` (n,) picks their classes where ``can_condition``."""
+        if labels is not None and not self.can_condition:
+            raise CannotGenerate(f"method {self.name} cannot generate a chosen class: "
+                                 + ("its generator is unconditional" if self.can_generate else "it has no generator"))
+        return self.decode_latent(self.sample_latent(n, generator), labels)
+
+    def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` latent points (n, ...) from the generator's prior, on the method's device."""
+        raise CannotGenerate(f"method {self.name} cannot generate images")
+
+    def decode_latent(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Images in [0, 1] from latent vectors (and labels, for class-conditional methods)."""
         raise CannotGenerate(f"method {self.name} cannot generate images")
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, terms: dict[str, torch.Tensor]) -> bool:
@@ -107,13 +119,6 @@ class Method(nn.Module):
         optimizer.zero_grad(set_to_none=True)
         self.guard.skipped += 1
         return False
-    def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` latent vectors for ``decode_latent`` (generating methods)."""
-        raise CannotGenerate(f"method {self.name} cannot generate images")
-
-    def decode_latent(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Images in [0, 1] from latent vectors (and labels, for class-conditional methods)."""
-        raise CannotGenerate(f"method {self.name} cannot generate images")
 
     def ood_score(self, x: torch.Tensor) -> torch.Tensor:
         """Per image: higher means more like the training data. Default: max softmax probability."""

@@ -74,3 +74,36 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 10) -> None:
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_image(images.detach().float().cpu().clamp(0, 1), str(path), nrow=nrow, padding=2, pad_value=0.5)
+
+
+def save_labelled_grid(images: torch.Tensor, path: str | Path, nrow: int, row_labels: list[str] | None = None,
+                       scale: int = 1) -> None:
+    """A grid of ``nrow`` images per row, each row's label written in a margin on its left.
+
+    ``scale`` enlarges the image (nearest neighbour) for small figures.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+    from torchvision.utils import make_grid
+
+    pad = 2
+    grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=pad, pad_value=0.5)
+    arr = grid.mul(255).round().byte().permute(1, 2, 0).numpy()
+    im = Image.fromarray(arr.squeeze(2) if arr.shape[2] == 1 else arr).convert("RGB")
+    if scale > 1:
+        im = im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
+    if row_labels:
+        font = ImageFont.load_default()
+        draw = ImageDraw.Draw(im)
+        widths = [draw.textbbox((0, 0), str(t), font=font)[2] for t in row_labels]
+        margin = max(widths) + 8
+        canvas = Image.new("RGB", (im.width + margin, im.height), (255, 255, 255))
+        canvas.paste(im, (margin, 0))
+        draw = ImageDraw.Draw(canvas)
+        row_h = (images.shape[-2] + pad) * scale
+        for r, text in enumerate(row_labels):
+            box = draw.textbbox((0, 0), str(text), font=font)
+            y = pad * scale + r * row_h + (row_h - pad * scale - (box[3] - box[1])) // 2 - box[1]
+            draw.text((margin - 4 - (box[2] - box[0]), y), str(text), fill=(0, 0, 0), font=font)
+        im = canvas
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    im.save(path)

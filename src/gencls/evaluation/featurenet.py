@@ -1,0 +1,229 @@
+"""The in-domain feature network of the generation metrics (the role Inception-v3 plays for FID on
+photographs): a small CNN classifier trained on a dataset's full labelled training set, cached in the
+data root as safetensors + JSON (SHA-256 of the weights, test accuracy, training settings).
+
+``train_classifier`` (the recipe) is also what CAS trains on generated images.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save
+from torch import nn
+
+from gencls.data import default_root, load_split
+from gencls.errors import GenclsError
+from gencls.nets import ConvClassifier
+from gencls.utils import atomic_write_bytes, atomic_write_json, read_json
+
+VERSION = 1  # bump when the architecture or the recipe changes: a new cache file is made
+RECIPE = {"epochs": 4, "batch_size": 128, "lr": 0.003, "weight_decay": 0.0005, "max_shift": 2, "seed": 0}
+
+
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Translate each image by its own random whole-pixel offset in [-max_shift, max_shift] (zero fill)."""
+    if max_shift <= 0:
+        return x
+    n, _, h, w = x.shape
+    s = max_shift
+    padded = F.pad(x, (s, s, s, s))
+    dy = torch.randint(0, 2 * s + 1, (n,), generator=generator, device="cpu").to(x.device)
+    dx = torch.randint(0, 2 * s + 1, (n,), generator=generator, device="cpu").to(x.device)
+    rows = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1).expand(n, x.shape[1], h, w + 2 * s)
+    cols = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w).expand(n, x.shape[1], h, w)
+    return padded.gather(2, rows).gather(3, cols)
+
+
+def train_classifier(x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int = RECIPE["epochs"],
+                     batch_size: int = RECIPE["batch_size"], lr: float = RECIPE["lr"],
+                     weight_decay: float = RECIPE["weight_decay"], max_shift: int = RECIPE["max_shift"],
+                     seed: int = RECIPE["seed"], log: Callable[[str], None] | None = None) -> ConvClassifier:
+    """Train a ``ConvClassifier`` on float images ``x`` (N, C, H, W) in [0, 1] and labels ``y``.
+
+    AdamW with a one-cycle learning rate, random shifts; a fixed schedule (no selection on any
+    held-out data), so nothing but the training images decide the network. Runs on ``x``'s device.
+    """
+    device = x.device
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        net = ConvClassifier(tuple(x.shape[1:]), num_classes).to(device)
+        steps_per_epoch = math.ceil(len(x) / batch_size)
+        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
+        net.train()
+        for epoch in range(epochs):
+            t0, perm, total = time.time(), torch.randperm(len(x), generator=gen).to(device), 0.0
+            for i in range(steps_per_epoch):
+                idx = perm[i * batch_size : (i + 1) * batch_size]
+                xb = random_shift(x[idx], max_shift, gen)
+                loss = F.cross_entropy(net(xb), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += loss.detach()
+            if log:
+                log(f"  epoch {epoch + 1}/{epochs}: loss {float(total) / steps_per_epoch:.4f}, {time.time() - t0:.0f}s")
+    return net.eval()
+
+
+@torch.no_grad()
+def batched(fn, x: torch.Tensor, batch_size: int = 1000, device: torch.device | None = None) -> torch.Tensor:
+    """``fn`` over ``x`` in batches (moved to ``device``), results concatenated on the CPU."""
+    device = device or x.device
+    return torch.cat([fn(x[i : i + batch_size].to(device).float()).float().cpu() for i in range(0, len(x), batch_size)])
+
+
+class FeatureExtractor(nn.Module):
+    """A trained ``ConvClassifier`` as torchmetrics' custom feature module: images -> penultimate features.
+
+    A 2-D input of width ``num_features`` is taken as features already computed (the cached real
+    set's) and passed through, so cached statistics go through the same torchmetrics update.
+    """
+
+    def __init__(self, net: ConvClassifier):
+        super().__init__()
+        self.net = net.eval()
+        self.num_features = net.num_features
+
+    def train(self, mode: bool = True):  # always evaluates
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 2 and x.shape[1] == self.num_features:
+            return x.float()
+        return self.net.features(x.float())
+
+
+@dataclass
+class FeatureNet:
+    net: ConvClassifier
+    info: dict  # dataset, sha256, test_accuracy, train_seconds, recipe, path
+    classes: list[str]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def features(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        return batched(self.net.features, x, batch_size, self.device)
+
+    def logits_from_features(self, f: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.net.out(f.to(self.device).float()).cpu()
+
+    def extractor(self) -> FeatureExtractor:
+        return FeatureExtractor(self.net)
+
+
+def net_path(dataset: str, data_root: str | Path | None = None, cache_dir: str | Path | None = None) -> Path:
+    """Where the feature network of ``dataset`` is cached: ``<data root>/feature_nets/`` unless ``cache_dir``."""
+    folder = Path(cache_dir) if cache_dir else Path(data_root or default_root()) / "feature_nets"
+    return folder / f"{dataset}-cnn-v{VERSION}.safetensors"
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def prepare(dataset: str = "mnist", data_root: str | Path | None = None, force: bool = False,
+            device: str | torch.device = "cpu", log: Callable[[str], None] = print, cache_dir: str | Path | None = None,
+            **recipe) -> dict:
+    """Train and cache the feature network of ``dataset`` (unless cached and ``force`` is off); returns its info.
+
+    ``recipe`` overrides the training settings and ``subset`` trains on the first N training
+    images (for tests); a net trained so is cached under a different name and says so in its info.
+    """
+    subset = recipe.pop("subset", None)
+    unknown = set(recipe) - set(RECIPE)
+    if unknown:
+        raise GenclsError(f"unknown feature-network setting(s): {', '.join(sorted(unknown))}")
+    path = net_path(dataset, data_root, cache_dir)
+    if subset is not None or recipe:
+        path = path.with_name(path.stem + f"-custom-{_digest({'subset': subset, **recipe})}.safetensors")
+    if path.exists() and path.with_suffix(".json").exists() and not force:
+        return _read_info(path)
+    device = torch.device(device)
+    train = load_split(dataset, "train", data_root, log=log)
+    test = load_split(dataset, "test", data_root, log=log)
+    x, y = train.images, train.labels
+    if subset is not None:
+        x, y = x[:subset], y[:subset]
+    settings = {**RECIPE, **recipe}
+    log(f"training the {dataset} feature network on {len(y)} training images ({settings['epochs']} epochs) on {device}")
+    t0 = time.time()
+    net = train_classifier(x.to(device).float().div_(255), y.to(device), len(train.classes), log=log, **settings)
+    seconds = time.time() - t0
+    pred = batched(lambda b: net(b).argmax(1), test.images.float().div_(255), device=device).long()
+    acc = float((pred == test.labels).float().mean())
+    blob = save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()})
+    atomic_write_bytes(path, blob)
+    info = {"dataset": dataset, "version": VERSION, "file": path.name, "sha256": hashlib.sha256(blob).hexdigest(),
+            "test_accuracy": acc, "train_seconds": seconds, "train_images": int(len(y)), "recipe": settings,
+            "classes": train.classes, "image_shape": list(train.image_shape), "num_features": net.num_features,
+            "device": str(device), "threads": torch.get_num_threads()}
+    atomic_write_json(path.with_suffix(".json"), info)
+    log(f"feature network: test accuracy {100 * acc:.2f}%, trained in {seconds:.0f}s, cached at {path}")
+    return {**info, "path": str(path), "cached": False}
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _read_info(path: Path) -> dict:
+    info = read_json(path.with_suffix(".json"))
+    return {**info, "path": str(path), "cached": True}
+
+
+def load(dataset: str = "mnist", data_root: str | Path | None = None, device: str | torch.device = "cpu",
+         log: Callable[[str], None] = print, cache_dir: str | Path | None = None, **recipe) -> FeatureNet:
+    """The cached feature network of ``dataset`` (trained first if missing), its checksum verified."""
+    return load_path(prepare(dataset, data_root, device=device, log=log, cache_dir=cache_dir, **recipe)["path"], device)
+
+
+def load_path(path: str | Path, device: str | torch.device = "cpu") -> FeatureNet:
+    """A feature network file made by ``prepare`` (its JSON beside it), its checksum verified."""
+    path = Path(path)
+    if not path.is_file() or not path.with_suffix(".json").is_file():
+        raise GenclsError(f"{path}: no feature network there (make one with `gencls metrics prepare`)")
+    info = _read_info(path)
+    hint = f"rebuild it with `gencls metrics prepare --dataset {info.get('dataset', 'mnist')} --force`"
+    if sha256_file(path) != info.get("sha256"):
+        raise GenclsError(f"{path}: checksum mismatch (the cached feature network is corrupt); {hint}")
+    try:
+        net = ConvClassifier(tuple(info["image_shape"]), len(info["classes"]))
+        net.load_state_dict(load_file(str(path)))
+    except Exception as e:  # noqa: BLE001 - any unreadable or mismatching file is the same user problem
+        raise GenclsError(f"{path}: cannot load the feature network ({e}); {hint}") from None
+    return FeatureNet(net.to(device).eval(), info, list(info["classes"]))
+
+
+def real_features(fnet: FeatureNet, dataset: str, data_root: str | Path | None = None,
+                  log: Callable[[str], None] = print) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and labels of the real test set, cached beside the network (keyed by its checksum)."""
+    path = Path(fnet.info["path"]).with_name(Path(fnet.info["path"]).stem + ".test-features.safetensors")
+    if path.exists():
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                if (f.metadata() or {}).get("net_sha256") == fnet.info["sha256"]:
+                    return f.get_tensor("features"), f.get_tensor("labels")
+        except Exception:  # noqa: BLE001 - a broken cache is rebuilt
+            pass
+    test = load_split(dataset, "test", data_root, log=log)
+    feats = fnet.features(test.images.float().div_(255))
+    atomic_write_bytes(path, save({"features": feats.contiguous(), "labels": test.labels.contiguous()},
+                                  metadata={"net_sha256": fnet.info["sha256"]}))
+    return feats, test.labels

@@ -1,0 +1,100 @@
+"""The generation metrics mean what they say, measured on real MNIST with a (small) feature network."""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gencls.errors import GenclsError
+from gencls.evaluation import featurenet
+from gencls.evaluation.generation import classifier_score, fid_kid, generation_report, label_consistency
+from gencls.methods import create_method
+
+
+def test_feature_net_is_cached_with_checksum_and_accuracy(small_feature_net, data_root):
+    info = small_feature_net.info
+    assert info["test_accuracy"] > 0.95, info  # 5000 images, 2 epochs; the full recipe reaches >= 99.3%
+    assert len(info["sha256"]) == 64 and info["train_images"] == 5000
+    path = featurenet.Path(info["path"])
+    on_disk = json.loads(path.with_suffix(".json").read_text())
+    assert on_disk["sha256"] == featurenet.sha256_file(path) and on_disk["test_accuracy"] == info["test_accuracy"]
+    # asked again: reused, not trained again
+    again = featurenet.prepare("mnist", data_root, cache_dir=path.parent, log=lambda s: None, subset=5000, epochs=2)
+    assert again["cached"] and again["sha256"] == info["sha256"]
+
+
+def test_corrupt_feature_net_is_refused(small_feature_net, tmp_path):
+    src = featurenet.Path(small_feature_net.info["path"])
+    bad = tmp_path / src.name
+    blob = bytearray(src.read_bytes())
+    blob[-1] ^= 0xFF
+    bad.write_bytes(bytes(blob))
+    bad.with_suffix(".json").write_text(src.with_suffix(".json").read_text())
+    with pytest.raises(GenclsError, match="checksum"):
+        featurenet.load_path(bad)
+    with pytest.raises(GenclsError, match="no feature network"):
+        featurenet.load_path(tmp_path / "missing.safetensors")
+
+
+def test_fid_and_kid_separate_real_from_noise_and_blur(small_feature_net, mnist_test):
+    x = mnist_test.images[:2000].float() / 255
+    a, b = x[:1000], x[1000:]
+    noise = torch.rand(b.shape, generator=torch.Generator().manual_seed(0))
+    blurred = F.avg_pool2d(F.pad(b, (3, 3, 3, 3), mode="replicate"), 7, stride=1)  # 7x7 box blur
+    halves = fid_kid(small_feature_net, a, b)
+    vs_noise = fid_kid(small_feature_net, a, noise)
+    vs_blur = fid_kid(small_feature_net, a, blurred)
+    assert halves["fid"] * 10 < vs_blur["fid"] < vs_noise["fid"], (halves, vs_blur, vs_noise)
+    assert abs(halves["kid"]) * 10 < vs_blur["kid"] < vs_noise["kid"], (halves, vs_blur, vs_noise)
+
+
+def test_label_consistency_of_real_images_is_the_feature_nets_accuracy(small_feature_net, data_root):
+    feats, labels = featurenet.real_features(small_feature_net, "mnist", data_root, log=lambda s: None)
+    pred = small_feature_net.logits_from_features(feats).argmax(1)
+    lc = label_consistency(pred, labels, [str(i) for i in range(10)])
+    assert lc["label_consistency"] == pytest.approx(small_feature_net.info["test_accuracy"], abs=1e-9)
+    per = lc["label_consistency_per_class"]
+    counts = torch.bincount(labels, minlength=10)
+    assert sum(per[str(c)] * counts[c].item() for c in range(10)) / len(labels) == pytest.approx(lc["label_consistency"])
+
+
+def test_classifier_score_by_hand():
+    k = 4
+    confident_balanced = torch.eye(k).repeat(5, 1) * 50  # each image surely one class, classes used equally
+    assert classifier_score(confident_balanced, splits=1)[0] == pytest.approx(k, rel=1e-4)
+    assert classifier_score(torch.zeros(20, k), splits=1)[0] == pytest.approx(1.0)
+    # two images, p = (0.5, 0.5) and (1, 0) -> p(y) = (0.75, 0.25)
+    logits = torch.tensor([[0.0, 0.0], [50.0, 0.0]])
+    kl = 0.5 * (0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)) + 0.5 * math.log(1 / 0.75)
+    assert classifier_score(logits, splits=1)[0] == pytest.approx(math.exp(kl), rel=1e-5)
+
+
+def test_generation_report_is_deterministic_for_a_seed(small_feature_net, data_root):
+    torch.manual_seed(0)
+    m = create_method("acgan", {}, (1, 28, 28), 10).eval()
+    classes = [str(i) for i in range(10)]
+
+    def report(seed):
+        return generation_report(m, classes, small_feature_net, "mnist", data_root, n=600, seed=seed, cas_epochs=1,
+                                 log=lambda s: None)
+
+    r1, r2, r3 = report(0), report(0), report(1)
+    assert r1 == r2
+    assert r1["fid"] != r3["fid"]
+    for key in ("fid", "kid", "classifier_score", "label_consistency", "cas"):
+        assert math.isfinite(r1[key])
+    assert set(r1["label_consistency_per_class"]) == set(classes)
+    # an untrained generator's images are nothing like digits
+    assert r1["fid"] > 10 * fid_kid(small_feature_net, *(featurenet.real_features(
+        small_feature_net, "mnist", data_root)[0].split(5000)))["fid"]
+
+
+def test_unconditional_method_reports_not_applicable(small_feature_net, data_root):
+    torch.manual_seed(0)
+    m = create_method("improved-gan", {}, (1, 28, 28), 10).eval()
+    r = generation_report(m, [str(i) for i in range(10)], small_feature_net, "mnist", data_root, n=200,
+                          log=lambda s: None)
+    assert r["cas"] is None and r["label_consistency"] is None
+    assert "not applicable" in r["not_applicable"]["cas"]
+    assert math.isfinite(r["fid"]) and r["classifier_score"] >= 1.0
