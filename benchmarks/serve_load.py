@@ -30,6 +30,12 @@ from PIL import Image
 from gencls.data import load_split
 
 
+def server_rss_mb(pid: int) -> float:
+    """Resident memory of the server process (Linux /proc), MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -99,6 +105,16 @@ def main() -> int:
             for i in range(20):
                 c.post("/predict", files=[("files", ("w.png", payloads[i], "image/png"))])
             before = c.get("/health").json()["inference"]
+        rss_before = server_rss_mb(server.pid)
+        rss_samples = []
+        sampler_stop = threading.Event()
+
+        def sample_rss():
+            while not sampler_stop.wait(0.5):
+                rss_samples.append(server_rss_mb(server.pid))
+
+        sampler = threading.Thread(target=sample_rss, daemon=True)
+        sampler.start()
         start = time.perf_counter()
         threads = [threading.Thread(target=client) for _ in range(args.clients)]
         for t in threads:
@@ -106,7 +122,9 @@ def main() -> int:
         for t in threads:
             t.join()
         wall = time.perf_counter() - start
+        sampler_stop.set()
         after = httpx.get(url + "/health").json()["inference"]
+        rss_after = server_rss_mb(server.pid)
     finally:
         os.killpg(server.pid, signal.SIGINT)
         try:
@@ -123,7 +141,9 @@ def main() -> int:
               "latency_ms": {k: float(np.percentile(lat, q)) for k, q in (("p50", 50), ("p90", 90), ("p99", 99))}
               | {"max": float(lat.max()), "mean": float(lat.mean())},
               "server_batches": batches, "mean_batch": (after["images"] - before["images"]) / max(1, batches),
-              "largest_batch": after["largest_batch"]}
+              "largest_batch": after["largest_batch"],
+              "server_rss_mb": {"before": rss_before, "after": rss_after, "peak": max(rss_samples + [rss_after]),
+                                "growth": rss_after - rss_before}}
     print(json.dumps(result, indent=2))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -73,12 +73,6 @@ class AdversarialAutoencoder(Method):
     def optimizers(self):
         return {"recon": self.opt_recon, "disc": self.opt_disc, "gen": self.opt_gen, "sup": self.opt_sup}
 
-    def extra_state(self):
-        return {"ema_updates": self.ema.updates}
-
-    def load_extra_state(self, state):
-        self.ema.updates = int(state.get("ema_updates", 0))
-
     def _step(self, opt, name, loss):
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -52,12 +52,6 @@ class ACGAN(Method):
     def optimizers(self):
         return {"disc": self.opt_d, "gen": self.opt_g}
 
-    def extra_state(self):
-        return {"ema_updates": self.ema.updates}
-
-    def load_extra_state(self, state):
-        self.ema.updates = int(state.get("ema_updates", 0))
-
     def setup(self, x):
         """Start the generator's output at the data's mean intensity (its output bias = logit of the mean
         pixel) rather than at 0.5 grey: from grey, the first steps make every output weight negative to

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from gencls.errors import GenclsError
+from gencls.nets.ema import EMA
 
 
 class CannotGenerate(GenclsError):
@@ -132,11 +133,15 @@ class Method(nn.Module):
         return {}
 
     def extra_state(self) -> dict[str, Any]:
-        """Plain values (ints, floats) beyond module and optimizer state."""
-        return {}
+        """Plain values (ints, floats) beyond module and optimizer state: by default the update
+        count of an ``EMA`` kept as ``self.ema`` (it sets the EMA's warm-up)."""
+        ema = getattr(self, "ema", None)
+        return {"ema_updates": ema.updates} if isinstance(ema, EMA) else {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        pass
+        ema = getattr(self, "ema", None)
+        if isinstance(ema, EMA):
+            ema.updates = int(state.get("ema_updates", 0))
 
     # --- state -----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:

@@ -42,12 +42,6 @@ class ImprovedGAN(Method):
     def optimizers(self):
         return {"disc": self.opt_d, "gen": self.opt_g}
 
-    def extra_state(self):
-        return {"ema_updates": self.ema.updates}
-
-    def load_extra_state(self, state):
-        self.ema.updates = int(state.get("ema_updates", 0))
-
     def setup(self, x):
         self.disc.data_init(x)
         self.ema.reset(self.disc)

@@ -29,12 +29,6 @@ class Supervised(Method):
     def optimizers(self):
         return {"net": self.opt}
 
-    def extra_state(self):
-        return {"ema_updates": self.ema.updates}
-
-    def load_extra_state(self, state):
-        self.ema.updates = int(state.get("ema_updates", 0))
-
     def setup(self, x):
         self.net.data_init(x)
         self.ema.reset(self.net)

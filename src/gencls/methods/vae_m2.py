@@ -56,12 +56,6 @@ class VAEM2(Method):
     def optimizers(self):
         return {"all": self.opt}
 
-    def extra_state(self):
-        return {"ema_updates": self.ema.updates}
-
-    def load_extra_state(self, state):
-        self.ema.updates = int(state.get("ema_updates", 0))
-
     def setup(self, x):
         self.clf.data_init(x)
         self.ema.reset(self.clf)
