@@ -2,7 +2,6 @@
 stored in the run, and the score telling MNIST from noise and Fashion-MNIST on a real (small) run."""
 import gzip
 import json
-import os
 import subprocess
 import sys
 

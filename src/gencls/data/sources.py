@@ -47,12 +47,33 @@ def default_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "gencls"
 
 
-def md5sum(path: Path) -> str:
-    h = hashlib.md5()
+def file_digest(path: Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def md5sum(path: Path) -> str:
+    return file_digest(path, "md5")
+
+
+def sha256sum(path: Path) -> str:
+    return file_digest(path, "sha256")
+
+
+def files_valid(raw: Path, digests: dict[str, str], algorithm: str) -> tuple[bool, str]:
+    """Whether every file named in ``digests`` is in ``raw`` with that digest, and why not."""
+    label = {"md5": "MD5", "sha256": "SHA-256"}.get(algorithm, algorithm)
+    for name, digest in digests.items():
+        p = raw / name
+        if not p.exists():
+            return False, f"{p} missing"
+        got = file_digest(p, algorithm)
+        if got != digest:
+            return False, f"{p} has {label} {got}, expected {digest}"
+    return True, f"all {len(digests)} files present, {label} verified"
 
 
 def mnist_raw_dir(root: Path) -> Path:
@@ -60,15 +81,7 @@ def mnist_raw_dir(root: Path) -> Path:
 
 
 def mnist_files_valid(root: Path) -> tuple[bool, str]:
-    raw = mnist_raw_dir(root)
-    for name, digest in MNIST_MD5.items():
-        p = raw / name
-        if not p.exists():
-            return False, f"{p} missing"
-        got = md5sum(p)
-        if got != digest:
-            return False, f"{p} has MD5 {got}, expected {digest}"
-    return True, "all four files present, MD5 verified"
+    return files_valid(mnist_raw_dir(root), MNIST_MD5, "md5")
 
 
 # --- IDX files ------------------------------------------------------------------------------
@@ -225,28 +238,12 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
-def sha256sum(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fashion_mnist_raw_dir(root: Path) -> Path:
     return Path(root) / "FashionMNIST" / "raw"
 
 
 def fashion_mnist_files_valid(root: Path) -> tuple[bool, str]:
-    raw = fashion_mnist_raw_dir(root)
-    for name, digest in FASHION_MNIST_SHA256.items():
-        p = raw / name
-        if not p.exists():
-            return False, f"{p} missing"
-        got = sha256sum(p)
-        if got != digest:
-            return False, f"{p} has SHA-256 {got[:16]}..., expected {digest[:16]}..."
-    return True, "all four files present, SHA-256 verified"
+    return files_valid(fashion_mnist_raw_dir(root), FASHION_MNIST_SHA256, "sha256")
 
 
 def _install_fashion_files(raw: Path, blobs: dict[str, bytes]) -> None:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from gencls.losses import adversarial_discriminator_loss, adversarial_generator_loss, bernoulli_nll
 from gencls.methods.base import Method, register_method
-from gencls.nets import EMA, ClassConditionalDecoder, GaussianNoise, balanced_labels, make_mlp, one_hot
+from gencls.nets import EMA, ClassConditionalDecoder, GaussianNoise, make_mlp, one_hot
 
 
 class _Encoder(torch.nn.Module):
@@ -124,14 +124,8 @@ class AdversarialAutoencoder(Method):
             return -bernoulli_nll(self.dec(y_logits.softmax(1), z), x)
 
     def sample_latent(self, n, generator=None):
-        return torch.randn(n, self.nz, device=self.device, generator=generator)
+        return self.dec.sample_z(n, self.device, generator)
 
     def decode_latent(self, z, labels=None):
-        """Images from style vectors z and classes (balanced over the classes when not given)."""
         with self.evaluating():
-            if labels is None:
-                labels = balanced_labels(len(z), self.num_classes, self.device)
-            return self.dec.images(one_hot(labels.to(self.device), self.num_classes), z.to(self.device))
-
-    def generate(self, n, labels=None, generator=None):
-        return self.decode_latent(self.sample_latent(n if labels is None else len(labels), generator), labels)
+            return self.dec.generate(z.to(self.device), labels)

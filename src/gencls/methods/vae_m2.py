@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from gencls.losses import m2_negative_elbo, m2_unlabelled_loss
 from gencls.methods.base import Method, register_method
-from gencls.nets import EMA, ClassConditionalDecoder, ClassConditionalEncoder, MLPClassifier, balanced_labels, one_hot
+from gencls.nets import EMA, ClassConditionalDecoder, ClassConditionalEncoder, MLPClassifier, one_hot
 
 
 @register_method
@@ -103,14 +103,8 @@ class VAEM2(Method):
             return -m2_unlabelled_loss(self._neg_elbo_all_classes(x, sample=False), self.ema.shadow(x)[0])
 
     def sample_latent(self, n, generator=None):
-        return torch.randn(n, self.nz, device=self.device, generator=generator)
+        return self.dec.sample_z(n, self.device, generator)
 
     def decode_latent(self, z, labels=None):
-        """Images from style vectors z and classes (balanced over the classes when not given)."""
         with self.evaluating():
-            if labels is None:
-                labels = balanced_labels(len(z), self.num_classes, self.device)
-            return self.dec.images(one_hot(labels.to(self.device), self.num_classes), z.to(self.device))
-
-    def generate(self, n, labels=None, generator=None):
-        return self.decode_latent(self.sample_latent(n if labels is None else len(labels), generator), labels)
+            return self.dec.generate(z.to(self.device), labels)

@@ -61,6 +61,7 @@ class ClassConditionalDecoder(nn.Module):
                  activation: str = "softplus"):
         super().__init__()
         self.image_shape = tuple(image_shape)
+        self.num_classes, self.nz = num_classes, nz
         self.net = make_mlp(num_classes + nz, hidden, math.prod(self.image_shape), activation)
 
     def forward(self, y_onehot: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -69,6 +70,16 @@ class ClassConditionalDecoder(nn.Module):
 
     def images(self, y_onehot: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self(y_onehot, z)).view(-1, *self.image_shape)
+
+    def sample_z(self, n: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Style vectors from the prior N(0, I)."""
+        return torch.randn(n, self.nz, device=device, generator=generator)
+
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Images from style vectors and classes (every class in turn when not given)."""
+        if labels is None:
+            labels = balanced_labels(len(z), self.num_classes, z.device)
+        return self.images(one_hot(labels.to(z.device), self.num_classes), z)
 
 
 def one_hot(y: torch.Tensor, num_classes: int) -> torch.Tensor:
