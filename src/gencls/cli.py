@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -110,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-seed", type=_nonneg_int, help="seed of the labelled/validation split (default 1)")
     t.add_argument("--val-size", type=_nonneg_int, help="validation images carved from training (default 5000)")
     t.add_argument("--subset", type=_positive_int, help="use a random subset of this many training images")
-    t.add_argument("--batch-size", type=_positive_int, help="default 100")
+    t.add_argument("--batch-size", type=_positive_int, help="default 100; per process under torchrun (a step then "
+                   "trains on batch-size x processes images)")
     t.add_argument("--set", dest="settings", type=_setting, action="append", metavar="KEY=VALUE",
                    help="a method setting, e.g. --set lr=0.001 (repeatable)")
     t.add_argument("--out", required=True, help="run folder")
@@ -255,7 +257,8 @@ def cmd_train(args) -> int:
     if args.settings:
         given["method_config"] = dict(args.settings)
     out = train(given if args.resume else TrainConfig(**given), resume=args.resume, overwrite=args.overwrite)
-    print(f"done: {out} (evaluate with `gencls evaluate {out}`)")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all processes
+        print(f"done: {out} (evaluate with `gencls evaluate {out}`)")
     return 0
 
 

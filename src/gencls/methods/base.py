@@ -61,6 +61,9 @@ class Method(nn.Module):
     latent_distribution: ClassVar[str] = ""  # generating methods: e.g. "uniform(0,1)" or "normal(0,1)"
     # published test errors, keyed "dataset/labels": {"error": "0.93 ± 0.065", "source": "..."}
     published_results: ClassVar[dict[str, dict[str, str]]] = {}
+    # data-parallel training (gencls.training.distributed) sets this: (optimizer, terms) -> terms,
+    # averaging the gradients and the terms over the processes before every optimizer step
+    grad_sync = None
 
     def __init__(self, config: dict | None, image_shape: tuple[int, int, int], num_classes: int):
         super().__init__()
@@ -103,7 +106,11 @@ class Method(nn.Module):
     def optimizer_step(self, optimizer: torch.optim.Optimizer, terms: dict[str, torch.Tensor]) -> bool:
         """Step ``optimizer`` on the gradients in ``.grad`` unless a loss term in ``terms`` or the
         gradient norm is not finite or above ``guard.max_grad_norm``; then raise (policy "stop")
-        or drop the update and count it (policy "skip"). One host sync per call."""
+        or drop the update and count it (policy "skip"). One host sync per call.
+        Under data-parallel training the gradients and terms are first averaged over the processes
+        (``grad_sync``), so every process takes the same step and the same decision."""
+        if self.grad_sync is not None:
+            terms = self.grad_sync(optimizer, terms)
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
         names = [*terms, "gradient norm"]

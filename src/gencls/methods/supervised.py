@@ -16,12 +16,14 @@ class Supervised(Method):
     name = "supervised"
     description = "the same classifier network on the labelled images only (baseline)"
     unlabelled_batches = 0
-    default_config = {"lr": 0.003, "beta1": 0.5, "adam_eps": 1e-4, "ema_decay": 0.999, "hidden": [1000, 500, 250, 250, 250]}
+    default_config = {"lr": 0.003, "beta1": 0.5, "adam_eps": 1e-4, "ema_decay": 0.999, "hidden": [1000, 500, 250, 250, 250],
+                      "input_noise": 0.3, "hidden_noise": 0.5}
 
     def __init__(self, config, image_shape, num_classes):
         super().__init__(config, image_shape, num_classes)
         c = self.config
-        self.net = MLPClassifier(math.prod(self.image_shape), num_classes, hidden=tuple(c["hidden"]))
+        self.net = MLPClassifier(math.prod(self.image_shape), num_classes, hidden=tuple(c["hidden"]),
+                                 input_noise=float(c["input_noise"]), hidden_noise=float(c["hidden_noise"]))
         self.ema = EMA(self.net, c["ema_decay"])
         self.opt = torch.optim.Adam([p for p in self.net.parameters() if p.requires_grad], lr=c["lr"],
                                     betas=(c["beta1"], 0.999), eps=c["adam_eps"])

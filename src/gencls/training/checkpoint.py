@@ -75,8 +75,12 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: checkpoint not found")
+    return parse_checkpoint(path.read_bytes(), path)
+
+
+def parse_checkpoint(blob: bytes, path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``load_checkpoint`` of a file's bytes (read once and shared, e.g. by data-parallel ranks)."""
     try:
-        blob = path.read_bytes()
         tensors = st_load(blob)
         header_len = int.from_bytes(blob[:8], "little")
         header = json.loads(blob[8 : 8 + header_len])

@@ -6,6 +6,9 @@ epoch records the position in the epoch and the partial loss sums, and the batch
 epoch is a pure function of (seed, epoch), so ``--resume`` after a kill continues with exactly
 the numbers an uninterrupted run would have produced (on the same device and thread count).
 SIGINT/SIGTERM stop after the current step with a checkpoint.
+
+Under ``torchrun`` the same loop trains data-parallel (see ``gencls.training.distributed``): each
+process trains on its slice of every batch, rank 0 alone validates, logs and writes.
 """
 from __future__ import annotations
 
@@ -27,9 +30,10 @@ from gencls.data.images import border_mean
 from gencls.errors import GenclsError, TrainingStopped  # noqa: F401  (TrainingStopped re-exported)
 from gencls.evaluation.metrics import predict_logits
 from gencls.methods import NonFiniteError, create_method
-from gencls.training.checkpoint import checkpoint_bytes_estimate, load_checkpoint, save_checkpoint, validate_modules
+from gencls.training import distributed
+from gencls.training.checkpoint import checkpoint_bytes_estimate, parse_checkpoint, save_checkpoint, validate_modules
 from gencls.training.runlog import RunLog, save_grid
-from gencls.utils import atomic_write_json, read_json, resolve_device
+from gencls.utils import atomic_write_json, read_json
 
 # Settings a resumed run may change; everything else comes from the run's config.json.
 RESUMABLE_OVERRIDES = ("epochs", "minutes", "progress", "sample_every", "tensorboard", "checkpoint_every",
@@ -105,15 +109,19 @@ def _subset_indices(n: int, subset: int | None, data_seed: int) -> torch.Tensor 
     return torch.randperm(n, generator=gen)[:subset].sort().values
 
 
-def _epoch_batches(split, iters: int, batch: int, streams: int, seed: int, epoch: int):
-    """Index tensors (iters, batch) for one epoch, fixed by (seed, epoch) so a resume draws the same."""
+def _epoch_batches(split, iters: int, batch: int, streams: int, seed: int, epoch: int, rank: int = 0, world: int = 1):
+    """Index tensors (iters, batch) for one epoch, fixed by (seed, epoch) so a resume draws the same.
+
+    With ``world`` data-parallel processes the epoch is drawn for the global batch ``batch * world``
+    (the single-process epoch of that batch) and process ``rank`` takes slice ``rank`` of each."""
     gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + epoch) % (2**63))
-    unl = [split.unlabelled[torch.randperm(len(split.unlabelled), generator=gen)[: iters * batch]].view(iters, batch)
+    total = iters * batch * world
+    unl = [split.unlabelled[torch.randperm(len(split.unlabelled), generator=gen)[:total]].view(iters, world, batch)[:, rank]
            for _ in range(streams)]
     n_lab = len(split.labelled)
-    reps = math.ceil(iters * batch / n_lab)
-    lab = torch.cat([split.labelled[torch.randperm(n_lab, generator=gen)] for _ in range(reps)])[: iters * batch]
-    return lab.view(iters, batch), (torch.cat(unl, dim=1) if streams else None)
+    reps = math.ceil(total / n_lab)
+    lab = torch.cat([split.labelled[torch.randperm(n_lab, generator=gen)] for _ in range(reps)])[:total]
+    return lab.view(iters, world, batch)[:, rank].contiguous(), (torch.cat(unl, dim=1) if streams else None)
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -168,29 +176,41 @@ def train(config: TrainConfig | dict, resume: bool = False, overwrite: bool = Fa
     With ``resume=True``, ``config`` may be a dict holding only ``out`` and the settings to change
     (see ``RESUMABLE_OVERRIDES``). ``on_epoch_end(record, method)`` is called after each epoch's
     metrics are written (used by benchmarks).
+
+    Run by ``torchrun`` it trains data-parallel over the processes (``--batch-size`` per process);
+    rank 0 alone logs, validates, writes the run folder and calls ``on_epoch_end``.
     """
-    cfg = _resolve_config(config, resume)
+    with distributed.process_group() as ddp:
+        return _train(ddp, config, resume, overwrite, log if ddp.is_main else (lambda s: None), on_epoch_end)
+
+
+def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_end) -> Path:
+    def resolved():  # on rank 0 (whose machine holds the run folder), then shared
+        cfg = _resolve_config(config, resume)
+        _check_out_dir(Path(cfg.out), resume, overwrite)
+        return cfg.to_dict()
+    cfg = TrainConfig.from_dict(ddp.on_main(resolved)).validate()
     out = Path(cfg.out)
-    _check_out_dir(out, resume, overwrite)
-    device = resolve_device(cfg.device)
+    device = ddp.device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    world = ddp.world
 
     # everything a user can get wrong is checked before the run folder is touched
-    data = load_split(cfg.dataset, "train", cfg.data_root, log=log)
+    data = ddp.local_main_first(lambda: load_split(cfg.dataset, "train", cfg.data_root, log=log))
     images, targets = data.images, data.labels
     sub = _subset_indices(len(targets), cfg.subset, cfg.data_seed)
     if sub is not None:
         images, targets = images[sub], targets[sub]
     split = make_split(targets, cfg.labels, cfg.val_size, cfg.data_seed, num_classes=len(data.classes))
-    if len(split.unlabelled) < cfg.batch_size:
+    if len(split.unlabelled) < cfg.batch_size * world:
         raise GenclsError(f"only {len(split.unlabelled)} training images outside validation, "
-                          f"fewer than one batch ({cfg.batch_size})")
+                          f"fewer than one batch ({cfg.batch_size}" + (f" x {world} processes)" if world > 1 else ")"))
     torch.manual_seed(cfg.seed)
     method = create_method(cfg.method, cfg.method_config, data.image_shape, len(data.classes)).to(device)
     method.guard.policy, method.guard.max_grad_norm = cfg.on_nan, cfg.max_grad_norm
     if not resume:
-        _make_run_dir(out, overwrite, need_bytes=(2 + cfg.keep) * checkpoint_bytes_estimate(method) + 2**20)
+        ddp.on_main(lambda: _make_run_dir(out, overwrite, (2 + cfg.keep) * checkpoint_bytes_estimate(method) + 2**20))
 
     sizes = split.sizes()
     log(f"data: {cfg.dataset} train {len(targets)} images -> labelled {sizes['labelled']}, "
@@ -200,8 +220,8 @@ def train(config: TrainConfig | dict, resume: bool = False, overwrite: bool = Fa
     x_val, y_val = x_all[split.validation.to(device)], y_all[split.validation.to(device)]
     meta = {"method": cfg.method, "dataset": cfg.dataset, "classes": data.classes,
             "image_shape": list(data.image_shape), "config": cfg.to_dict(),
-            "background": border_mean(images[:1000].float() / 255), "split_sizes": sizes}
-    iters = len(split.unlabelled) // cfg.batch_size
+            "background": border_mean(images[:1000].float() / 255), "split_sizes": sizes, "world_size": world}
+    iters = len(split.unlabelled) // (cfg.batch_size * world)
     streams = method.unlabelled_batches
     split_tensors = {"labelled": split.labelled, "validation": split.validation}
     ck_dir = out / "checkpoints"
@@ -210,38 +230,63 @@ def train(config: TrainConfig | dict, resume: bool = False, overwrite: bool = Fa
     epoch, epoch_step, step, best, sums = 1, 0, 0, {"val_error": None, "epoch": 0}, {}
     if resume:
         last = ck_dir / "last.safetensors"
-        state, ck = load_checkpoint(last)
+        state, ck = parse_checkpoint(ddp.broadcast_bytes(last.read_bytes() if ddp.is_main else None), last)
         for k, v in split_tensors.items():
             if not torch.equal(state["split"][k], v):
                 raise GenclsError(f"--resume: the {k} split recomputed from the data differs from the one in "
                                   f"{last}; the dataset files changed since the run started")
         validate_modules(method, state["method"]["modules"], last)
         method.load_state(state["method"])
-        _set_rng_state(state["rng"], device)
         step, best, epoch_step = ck["step"], ck["best"], ck.get("epoch_step", 0)
+        ranks_rng = state.get("rng_ranks", {})
+        if ck.get("world_size", 1) == world and str(ddp.rank) in ranks_rng:
+            _set_rng_state(ranks_rng[str(ddp.rank)], device)
+        else:
+            _set_rng_state(state["rng"], device)
+            ddp.reseed(cfg.seed + step)
         epoch = ck["epoch"] + 1
+        if ck.get("world_size", 1) != world and ck.get("epoch_step", 0):
+            raise GenclsError(f"--resume: {last} was written inside epoch {epoch} by {ck.get('world_size', 1)} "
+                              f"process(es); resume it with that many (a world size may change at an epoch end)")
         sums = {k: v.to(device) for k, v in state.get("sums", {}).items()}
         method.guard.skipped = ck.get("skipped_steps", 0)
         where = f"epoch {epoch}, step {epoch_step} of {iters}" if epoch_step else f"the end of epoch {ck['epoch']}"
         log(f"resuming {out} from {where} (global step {step})")
     else:
-        atomic_write_json(out / "config.json", cfg.to_dict())
-        atomic_write_json(out / "split.json", {"data_seed": cfg.data_seed, "subset": None if sub is None else sub.tolist(),
-                                               "labelled": split.labelled.tolist(),
-                                               "validation": split.validation.tolist()})
+        def write_run_files():
+            atomic_write_json(out / "config.json", {**cfg.to_dict(), "world_size": world})
+            atomic_write_json(out / "split.json", {"data_seed": cfg.data_seed,
+                                                   "subset": None if sub is None else sub.tolist(),
+                                                   "labelled": split.labelled.tolist(),
+                                                   "validation": split.validation.tolist()})
+        ddp.on_main(write_run_files)
         init_gen = torch.Generator().manual_seed(cfg.seed)
         init_idx = split.unlabelled[torch.randperm(len(split.unlabelled), generator=init_gen)[:INIT_BATCH]]
         method.train()
         method.setup(x_all[init_idx.to(device)])
+        ddp.reseed(cfg.seed)
+    ddp.broadcast_module(method)  # every process starts from rank 0's weights
+    ddp.attach(method)
     log(f"method: {cfg.method} ({method.parameter_count():,} parameters) on {device}, "
-        f"{iters} iterations of batch {cfg.batch_size} per epoch, epochs {epoch}..{cfg.epochs}")
+        f"{iters} iterations of batch {cfg.batch_size} per epoch, epochs {epoch}..{cfg.epochs}"
+        + (f", {world} processes (batch {cfg.batch_size} each, {cfg.batch_size * world} per step)" if world > 1 else ""))
 
-    runlog = RunLog(out, cfg.tensorboard, truncate_after_epoch=epoch - 1 if resume else None)
+    runlog = (RunLog(out, cfg.tensorboard, truncate_after_epoch=epoch - 1 if resume else None) if ddp.is_main
+              else distributed.NoLog())
 
     def checkpoint(epoch_done: int, at_step: int, sums_now: dict, names: tuple[str, ...] = ("last",),
                    val_error: float | None = None) -> None:
-        state = {"method": method.state(), "rng": _rng_state(device), "split": split_tensors,
+        """Called by every process; rank 0 writes."""
+        ddp.average_buffers(method)  # per-process batch-norm statistics (CPU) -> their average
+        rngs = ddp.gather_rng(_rng_state(device))
+        sums_now = ddp.average(sums_now)
+        ddp.on_main(lambda: write_checkpoint(epoch_done, at_step, sums_now, names, val_error, rngs))
+
+    def write_checkpoint(epoch_done, at_step, sums_now, names, val_error, rngs) -> None:
+        state = {"method": method.state(), "rng": rngs["0"], "split": split_tensors,
                  "sums": {k: v.detach() for k, v in sums_now.items()}}
+        if world > 1:
+            state["rng_ranks"] = rngs
         ck_meta = {**meta, "epoch": epoch_done, "epoch_step": at_step, "step": step, "best": best,
                    "val_error": val_error, "skipped_steps": method.guard.skipped}
         try:
@@ -256,12 +301,13 @@ def train(config: TrainConfig | dict, resume: bool = False, overwrite: bool = Fa
         with _StopSignals() as signals:
             while epoch <= cfg.epochs:
                 t0 = time.time()
-                lab_idx, unl_idx = _epoch_batches(split, iters, cfg.batch_size, streams, cfg.seed, epoch)
+                lab_idx, unl_idx = _epoch_batches(split, iters, cfg.batch_size, streams, cfg.seed, epoch,
+                                                  ddp.rank, world)
                 lab_idx = lab_idx.to(device)
                 unl_idx = unl_idx.to(device) if streams else None
                 method.train()
                 bar = tqdm(range(epoch_step, iters), initial=epoch_step, total=iters, desc=f"epoch {epoch}/{cfg.epochs}",
-                           disable=not cfg.progress, leave=False, dynamic_ncols=True)
+                           disable=not (cfg.progress and ddp.is_main), leave=False, dynamic_ncols=True)
                 for i in bar:
                     li = lab_idx[i]
                     try:
@@ -276,57 +322,68 @@ def train(config: TrainConfig | dict, resume: bool = False, overwrite: bool = Fa
                     if (i + 1) % 50 == 0 or i + 1 == iters:
                         bar.set_postfix({k: f"{float(v) / (i + 1):.3f}" for k, v in sums.items()}, refresh=False)
                         runlog.scalars({k: float(v) for k, v in losses.items()}, step)
-                    if signals.signum is not None and i + 1 < iters:
+                    signum = ddp.agree_stop(signals.signum, step)  # all processes stop at the same step
+                    if signum is not None and i + 1 < iters:
                         checkpoint(epoch - 1, i + 1, sums)
-                        name = signal.Signals(signals.signum).name
+                        name = signal.Signals(signum).name
                         raise TrainingStopped(f"{name}: stopped after step {step} (epoch {epoch}, {i + 1}/{iters}); "
                                               f"checkpoint written. Continue with `gencls train --resume --out {out}`",
-                                              exit_code=130 if signals.signum == signal.SIGINT else 143)
+                                              exit_code=130 if signum == signal.SIGINT else 143)
                     if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and i + 1 < iters:
                         checkpoint(epoch - 1, i + 1, sums)
                 bar.close()
                 train_seconds = time.time() - t0
+                sums = ddp.average(sums)  # the epoch's mean losses over all processes
                 bad = [k for k, v in sums.items() if not math.isfinite(float(v))]
                 if bad:  # a method that does not guard its steps: never checkpoint a diverged model
                     raise TrainingStopped(f"epoch {epoch}: loss term {bad[0]} is not finite; stopped. The last good "
                                           f"checkpoint ({ck_dir / 'last.safetensors'}) is kept")
-                val_error = error_rate(method, x_val, y_val)
-                is_best = best["val_error"] is None or (val_error is not None and val_error < best["val_error"])
-                if val_error is None:  # no validation set: the latest model is the selected one
-                    is_best = True
-                if is_best:
-                    best = {"val_error": val_error, "epoch": epoch}
-                record = {"epoch": epoch, "step": step, "val_error": val_error,
-                          **{k: float(v) / iters for k, v in sums.items()},
-                          "best_val_error": best["val_error"], "skipped_steps": method.guard.skipped,
-                          "epoch_seconds": train_seconds,
-                          "images_per_second": (iters - epoch_step) * cfg.batch_size / max(train_seconds, 1e-9)}
-                try:
-                    runlog.epoch(record)
-                    names = ("best", "last") if is_best else ("last",)
-                    if cfg.keep:
-                        names = (f"epoch_{epoch:04d}", *names)
-                    checkpoint(epoch, 0, {}, names, val_error=val_error)
-                    if cfg.keep:
-                        for old in sorted(ck_dir.glob("epoch_*.safetensors"))[: -cfg.keep]:
-                            old.unlink(missing_ok=True)
-                            old.with_suffix(".json").unlink(missing_ok=True)
-                    if method.can_generate and cfg.sample_every and epoch % cfg.sample_every == 0:
-                        g = torch.Generator(device=device).manual_seed(SAMPLE_SEED)
-                        save_grid(method.generate(100, generator=g), out / "samples" / f"epoch_{epoch:03d}.png")
-                except OSError as e:
-                    raise TrainingStopped(f"could not write into {out} ({e.strerror or e}); "
-                                          "the previous complete checkpoint is kept") from None
-                val_txt = "n/a" if val_error is None else f"{100 * val_error:.2f}%"
-                best_txt = "" if val_error is None else f" (best {100 * best['val_error']:.2f}% at epoch {best['epoch']})"
-                log(f"epoch {epoch}/{cfg.epochs}: val error {val_txt}{best_txt}, "
-                    + ", ".join(f"{k} {float(v) / iters:.4f}" for k, v in sums.items())
-                    + (f", skipped {method.guard.skipped} steps" if method.guard.skipped else "")
-                    + f", {train_seconds:.1f}s")
-                if on_epoch_end is not None:
-                    on_epoch_end(record, method)
+                ddp.average_buffers(method)
+                ddp.check_in_sync(method)
+                rngs = ddp.gather_rng(_rng_state(device))
+
+                def end_epoch() -> bool:  # rank 0: validate, log, write; returns whether to stop
+                    nonlocal best
+                    val_error = error_rate(method, x_val, y_val)
+                    is_best = best["val_error"] is None or (val_error is not None and val_error < best["val_error"])
+                    if val_error is None:  # no validation set: the latest model is the selected one
+                        is_best = True
+                    if is_best:
+                        best = {"val_error": val_error, "epoch": epoch}
+                    record = {"epoch": epoch, "step": step, "val_error": val_error,
+                              **{k: float(v) / iters for k, v in sums.items()},
+                              "best_val_error": best["val_error"], "skipped_steps": method.guard.skipped,
+                              "epoch_seconds": train_seconds,
+                              "images_per_second": (iters - epoch_step) * cfg.batch_size * world / max(train_seconds, 1e-9)}
+                    try:
+                        runlog.epoch(record)
+                        names = ("best", "last") if is_best else ("last",)
+                        if cfg.keep:
+                            names = (f"epoch_{epoch:04d}", *names)
+                        write_checkpoint(epoch, 0, {}, names, val_error, rngs)
+                        if cfg.keep:
+                            for old in sorted(ck_dir.glob("epoch_*.safetensors"))[: -cfg.keep]:
+                                old.unlink(missing_ok=True)
+                                old.with_suffix(".json").unlink(missing_ok=True)
+                        if method.can_generate and cfg.sample_every and epoch % cfg.sample_every == 0:
+                            g = torch.Generator(device=device).manual_seed(SAMPLE_SEED)
+                            save_grid(method.generate(100, generator=g), out / "samples" / f"epoch_{epoch:03d}.png")
+                    except OSError as e:
+                        raise TrainingStopped(f"could not write into {out} ({e.strerror or e}); "
+                                              "the previous complete checkpoint is kept") from None
+                    val_txt = "n/a" if val_error is None else f"{100 * val_error:.2f}%"
+                    best_txt = "" if val_error is None else f" (best {100 * best['val_error']:.2f}% at epoch {best['epoch']})"
+                    log(f"epoch {epoch}/{cfg.epochs}: val error {val_txt}{best_txt}, "
+                        + ", ".join(f"{k} {float(v) / iters:.4f}" for k, v in sums.items())
+                        + (f", skipped {method.guard.skipped} steps" if method.guard.skipped else "")
+                        + f", {train_seconds:.1f}s")
+                    if on_epoch_end is not None:
+                        on_epoch_end(record, method)
+                    return cfg.minutes is not None and time.time() - t_start > 60 * cfg.minutes
+
+                stop = ddp.on_main(end_epoch)
                 epoch, epoch_step, sums = epoch + 1, 0, {}
-                if cfg.minutes is not None and time.time() - t_start > 60 * cfg.minutes and epoch <= cfg.epochs:
+                if stop and epoch <= cfg.epochs:
                     log(f"stopping after epoch {epoch - 1}: the {cfg.minutes}-minute budget is spent")
                     break
     except KeyboardInterrupt:
