@@ -239,7 +239,7 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
         method.load_state(state["method"])
         step, best, epoch_step = ck["step"], ck["best"], ck.get("epoch_step", 0)
         ranks_rng = state.get("rng_ranks", {})
-        if ck.get("world_size", 1) == world and str(ddp.rank) in ranks_rng:
+        if ddp.rank and ck.get("world_size", 1) == world and str(ddp.rank) in ranks_rng:
             _set_rng_state(ranks_rng[str(ddp.rank)], device)
         else:
             _set_rng_state(state["rng"], device)
@@ -285,8 +285,8 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
     def write_checkpoint(epoch_done, at_step, sums_now, names, val_error, rngs) -> None:
         state = {"method": method.state(), "rng": rngs["0"], "split": split_tensors,
                  "sums": {k: v.detach() for k, v in sums_now.items()}}
-        if world > 1:
-            state["rng_ranks"] = rngs
+        if world > 1:  # the other processes' random streams, for an exact resume
+            state["rng_ranks"] = {r: v for r, v in rngs.items() if r != "0"}
         ck_meta = {**meta, "epoch": epoch_done, "epoch_step": at_step, "step": step, "best": best,
                    "val_error": val_error, "skipped_steps": method.guard.skipped}
         try:
