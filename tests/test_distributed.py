@@ -93,6 +93,15 @@ def test_torchrun_matches_one_process_with_the_doubled_batch(tmp_path, data_root
     assert '"world_size": 2' in cfg and '"batch_size": 25' in cfg
 
 
+def test_torchrun_user_error_stops_every_rank_with_its_message(tmp_path, data_root):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("not a run")
+    r = torchrun(cli_args(small(tmp_path / "taken", data_root)), timeout=120)
+    assert r.returncode != 0
+    assert "gencls: error: --out" in r.stderr and "gencls: error: rank 0: --out" in r.stderr, r.stderr
+    assert (tmp_path / "taken" / "notes.txt").read_text() == "not a run"
+
+
 def test_torchrun_sigterm_stops_both_ranks_and_resume_finishes(tmp_path, data_root):
     """improved-gan, 2 processes: SIGTERM to torchrun -> both ranks stop at one step with a checkpoint;
     --resume under torchrun finishes the run like an unbroken one (the trainer checks every epoch that

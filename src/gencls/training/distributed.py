@@ -120,8 +120,8 @@ class Context:
 
     # --- collectives ------------------------------------------------------------------------
     def barrier(self) -> None:
-        if self.active:
-            dist.barrier()
+        if self.active:  # a tiny all-reduce over gloo: no device guessing as with NCCL's barrier
+            dist.all_reduce(torch.zeros(1))
 
     def broadcast_bytes(self, blob: bytes | None) -> bytes:
         """Rank 0's ``blob`` on every rank (over gloo, on the CPU)."""
@@ -177,7 +177,7 @@ class Context:
                 result = fn()
             except Exception as e:  # noqa: BLE001  (the others fail the same way on their own)
                 error = e
-        dist.barrier()
+        self.barrier()
         if error is not None:
             raise error
         return result if self.local_rank == 0 else fn()
