@@ -265,6 +265,8 @@ class GradientAverager:
 
     def __call__(self, optimizer: torch.optim.Optimizer, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not grads and not terms:
+            return terms
         device = grads[0].device if grads else next(iter(terms.values())).device
         vals = [t.detach().float().reshape(1).to(device) for t in terms.values()]
         flat = torch.cat([g.reshape(-1).float() for g in grads] + vals)
@@ -320,7 +322,8 @@ def convert_sync_batchnorm(module: nn.Module) -> int:
 @contextlib.contextmanager
 def process_group():
     """The process group when run by torchrun (joined here, left at the end or on an error),
-    else a single-process ``Context``. A group the caller already joined is used and kept."""
+    else a single-process ``Context``. A group the caller already joined is used and kept (it
+    must take CPU tensors: gloo, or ``"cpu:gloo,cuda:nccl"`` as here)."""
     if dist.is_available() and dist.is_initialized():
         yield Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), active=True)
         return
