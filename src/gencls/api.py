@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from gencls.config import TrainConfig
-from gencls.data import find_images, load_image, load_split
+from gencls.data import find_images, load_image
+from gencls.data.datasets import load_run_split
 from gencls.errors import GenclsError, InputError
 from gencls.evaluation.metrics import classification_report, predict_logits
 from gencls.methods import CannotGenerate, Method, create_method
@@ -166,7 +167,7 @@ def ood_calibration(run: Run | str | Path, data_root: str | None = None, write: 
             run.ood = saved
             return saved
     cfg = run.config
-    data = load_split(cfg.dataset, "train", data_root or cfg.data_root, log=log)
+    data = load_run_split(cfg, "train", data_root, log=log)
     idx = _split_indices(run)
     which = "validation" if len(idx["validation"]) else "labelled"
     x = data.images[torch.as_tensor(idx[which], dtype=torch.long)].float().div(255)
@@ -211,12 +212,12 @@ def evaluate(run: Run | str | Path, split: str = "test", data_root: str | None =
     cfg = run.config
     root = data_root or cfg.data_root
     if split == "test":
-        data = load_split(cfg.dataset, "test", root, log=log)
+        data = load_run_split(cfg, "test", root, log=log)
         x, y = data.images, data.labels
     elif split == "val":
         if run.path is None:
             raise GenclsError("--split val needs the run folder (its split.json), not a bare checkpoint file")
-        data = load_split(cfg.dataset, "train", root, log=log)
+        data = load_run_split(cfg, "train", root, log=log)
         idx = torch.as_tensor(_split_indices(run)["validation"], dtype=torch.long)
         x, y = data.images[idx], data.labels[idx]
     else:
