@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import secrets
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -305,8 +306,8 @@ def predict(run: Run | str | Path, paths: list[str | Path], top_k: int = 3, inve
     files = find_images(paths)
     results: list[Prediction] = []
     background = run.background
-    if files:
-        ood_calibration(run)
+    if files:  # its data messages go to stderr: predict's output may be JSON or CSV
+        ood_calibration(run, log=lambda s: print(s, file=sys.stderr))
     for start in range(0, len(files), batch_size):
         chunk, tensors, slots = files[start : start + batch_size], [], []
         for f in chunk:

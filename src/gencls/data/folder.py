@@ -209,6 +209,20 @@ def _write_cache(path: Path, tensors: dict, meta: dict) -> None:
         pass  # no cache where it cannot be written; the next run decodes again
 
 
+def _log_summary(base: Path, parts: torch.Tensor, meta: dict, log) -> None:
+    c, h, w = meta["image_shape"]
+    counts = {p: int((parts == i).sum()) for p, i in PARTS.items()}
+    why = "; ".join(f"{k}: {v}" for k, v in meta["how"].items())
+    skipped = meta["skipped"]
+    log(f"folder {base}: {len(meta['classes'])} classes, {counts['train']} labelled, {counts['unlabelled']} unlabelled "
+        f"and {counts['test']} test images ({meta['test']}), as {w}x{h} with {c} channel(s)"
+        + (f" ({why})" if why else "") + f"; {len(skipped)} file(s) skipped" + (":" if skipped else ""))
+    for s in skipped[:20]:
+        log(f"  skipped {s['path']}: {s['reason']}")
+    if len(skipped) > 20:
+        log(f"  ... and {len(skipped) - 20} more (all in skipped_files.json of the run)")
+
+
 def load_folder(path: str, split: str, root: Path, log: Callable[[str], None] = print,
                 size: tuple[int, int] | None = None, channels: int | None = None):
     """The ``train`` or ``test`` split of a folder dataset (see the module's docstring)."""
@@ -221,9 +235,8 @@ def load_folder(path: str, split: str, root: Path, log: Callable[[str], None] = 
     key = _listing_key(base, listing, size, channels)
     cache = Path(root) / "folder_cache" / f"{key}.safetensors"
     got = _read_cache(cache) if cache.exists() else None
-    if got is not None:
+    if got is not None:  # nothing to say: the first load said it all, and predict's output stays clean
         tensors, meta = got
-        log(f"folder {base}: decoded images from the cache {cache}")
     else:
         log(f"folder {base}: decoding {len(listing['entries'])} files (cached afterwards in {cache})")
         data, skipped = _decode_all(base, listing["entries"], size, channels)
@@ -238,18 +251,9 @@ def load_folder(path: str, split: str, root: Path, log: Callable[[str], None] = 
                 "files": data["files"], "skipped": skipped, "image_shape": data["shape"], "how": data["how"],
                 "test": test_how}
         _write_cache(cache, tensors, meta)
+        _log_summary(base, tensors["parts"], meta, log)
     images, labels, parts = tensors["images"], tensors["labels"], tensors["parts"]
     files, skipped, classes = meta["files"], meta["skipped"], meta["classes"]
-    c, h, w = meta["image_shape"]
-    counts = {p: int((parts == i).sum()) for p, i in PARTS.items()}
-    why = "; ".join(f"{k}: {v}" for k, v in meta["how"].items())
-    log(f"folder {base}: {len(classes)} classes, {counts['train']} labelled, {counts['unlabelled']} unlabelled and "
-        f"{counts['test']} test images ({meta['test']}), as {w}x{h} with {c} channel(s)" + (f" ({why})" if why else "")
-        + f"; {len(skipped)} file(s) skipped" + (":" if skipped else ""))
-    for s in skipped[:20]:
-        log(f"  skipped {s['path']}: {s['reason']}")
-    if len(skipped) > 20:
-        log(f"  ... and {len(skipped) - 20} more (all in skipped_files.json of the run)")
     if split == "test":
         keep = parts == PARTS["test"]
     else:

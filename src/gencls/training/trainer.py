@@ -230,6 +230,8 @@ def train(config: TrainConfig | dict, resume: bool = False, overwrite: bool = Fa
         atomic_write_json(out / "config.json", cfg.to_dict())
         for name, obj in data.run_files.items():  # e.g. a folder dataset's skipped and held-out files
             atomic_write_json(out / name, obj)
+            if isinstance(obj, dict) and obj.get("count"):
+                log(f"data: {obj['count']} file(s) could not be decoded and were skipped: listed in {out / name}")
         atomic_write_json(out / "split.json", {"data_seed": cfg.data_seed, "subset": None if sub is None else sub.tolist(),
                                                "labelled": split.labelled.tolist(),
                                                "validation": split.validation.tolist()})
