@@ -197,3 +197,13 @@ def test_fashion_mnist_unavailable_names_the_package_and_the_download(tmp_path, 
     with pytest.raises(DataUnavailableError) as e:
         fetch_fashion_mnist(tmp_path, log=lambda s: None, sources=("existing", "torchvision"))
     assert "apt-get install dataset-fashion-mnist" in str(e.value) and "torchvision's download" in str(e.value)
+
+
+def test_data_fetch_command_for_the_new_datasets(tmp_path, offline, capsys):
+    from gencls.cli import main
+
+    assert main(["data", "fetch", "digits", "--root", str(tmp_path)]) == 0
+    assert "digits test: 359 images of 1x8x8" in capsys.readouterr().out
+    assert main(["data", "fetch", "cifar10", "--root", str(tmp_path)]) == 2  # offline, no files: one line
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "gencls: error: CIFAR-10 not found" in err[-1] and "cifar-10-batches-py" in err[-1]
