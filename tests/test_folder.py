@@ -106,6 +106,8 @@ def test_folder_training_reports_bad_files_and_uses_class_names(folder_run, fold
 
     assert main(["evaluate", str(out)]) == 0
     assert "Ankle boot:" in capsys.readouterr().out
+    assert main(["evaluate", str(out), "--split", "val"]) == 2  # --val-size 0: said in one line
+    assert "no validation split" in capsys.readouterr().err
     files = [folder / "test" / "Trouser", folder / "test" / "Sneaker"]
     assert main(["predict", str(out), *map(str, files), "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
@@ -171,9 +173,12 @@ def test_class_folders_with_labels_hold_out_a_test_split(tmp_path, fashion_test)
 def test_folder_mistakes_are_one_line_errors(tmp_path, capsys):
     (tmp_path / "one" / "cats").mkdir(parents=True)
     (tmp_path / "one" / "cats" / "a.png").write_bytes(b"")
+    for d in ("cats", "dogs", "unlabelled"):
+        (tmp_path / "no-labelled" / d).mkdir(parents=True)
     for argv, expected in [
         (["--dataset", f"folder:{tmp_path / 'missing'}"], "no such folder"),
         (["--dataset", f"folder:{tmp_path / 'one'}"], "at least two classes"),
+        (["--dataset", f"folder:{tmp_path / 'no-labelled'}"], "no labelled/"),
         (["--dataset", "digits", "--image-size", "3x"], "--image-size"),
         (["--dataset", "digits", "--image-size", "2"], "between 4 and 512"),
     ]:

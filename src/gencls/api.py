@@ -220,6 +220,8 @@ def evaluate(run: Run | str | Path, split: str = "test", data_root: str | None =
             raise GenclsError("--split val needs the run folder (its split.json), not a bare checkpoint file")
         data = load_run_split(cfg, "train", root, log=log)
         idx = torch.as_tensor(_split_indices(run)["validation"], dtype=torch.long)
+        if len(idx) == 0:
+            raise GenclsError(f"{run.path}: this run has no validation split (--val-size 0); evaluate the test split")
         x, y = data.images[idx], data.labels[idx]
     else:
         raise GenclsError(f"--split {split}: test or val")

@@ -85,6 +85,10 @@ def list_folder(base: Path) -> dict:
     else:
         layout = "classes"
         classes = _class_dirs(base)
+        odd = [c for c in ("unlabelled", "test") if c in classes]
+        if odd:
+            raise GenclsError(f"--dataset folder:{base}: there is {odd[0]}/ but no labelled/; put the labelled class "
+                              f"folders in {base / 'labelled'}")
         for i, c in enumerate(classes):
             entries += [(p.relative_to(base).as_posix(), "train", i) for p in _files_under(base / c)]
     if len(classes) < 2:
