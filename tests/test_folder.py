@@ -181,6 +181,7 @@ def test_folder_mistakes_are_one_line_errors(tmp_path, capsys):
         (["--dataset", f"folder:{tmp_path / 'no-labelled'}"], "no labelled/"),
         (["--dataset", "digits", "--image-size", "3x"], "--image-size"),
         (["--dataset", "digits", "--image-size", "2"], "between 4 and 512"),
+        (["--dataset", "digits", "--method", "acgan", "--arch", "conv"], "one set of networks"),
     ]:
         assert main(["train", *argv, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
         err = capsys.readouterr().err.strip()

@@ -86,6 +86,10 @@ class TrainConfig:
             self.val_size = defaults.get("val_size", min(5000, n_train // 10))
         self.channels, self.image_size = int(image_shape[0]), [int(image_shape[1]), int(image_shape[2])]
         if self.arch is not None:
+            from gencls.methods import get_method_class
+
+            if "arch" not in get_method_class(self.method).default_config:
+                raise GenclsError(f"--arch {self.arch}: method {self.method} has one set of networks (no choice of arch)")
             self.method_config = {**self.method_config, "arch": self.arch}
         return self.validate()
 
