@@ -143,9 +143,12 @@ def test_second_load_comes_from_the_cache(folder, cache_root, folder_run):
         target.write_bytes(original)
         os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a touched file: decoded again
+    caches = sorted((cache_root / "folder_cache").glob("*.safetensors"))
     lines = []
     load_split(f"folder:{folder}", "test", cache_root, log=lines.append)
     assert any("decoding" in s for s in lines)
+    now = sorted((cache_root / "folder_cache").glob("*.safetensors"))
+    assert len(now) == len(caches) and now != caches  # the folder's old cache was replaced
 
 
 def test_class_folders_with_labels_hold_out_a_test_split(tmp_path, fashion_test):

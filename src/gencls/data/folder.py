@@ -21,10 +21,10 @@ Without a test folder, 20% of each class's labelled images (at least one where a
 more) are held out as the test split, chosen by a hash of their paths, so the choice is stable;
 the list is saved (``test_files.json`` in the run folder, and in the cache).
 
-The decoded images are cached in ``<data root>/folder_cache/<key>.safetensors`` (one uint8
-tensor, the labels and a JSON index), keyed by a hash of the folder's listing (paths, sizes,
-modification times) and the conversion settings: a second run decodes nothing. Change a file and
-the key changes.
+The decoded images are cached in ``<data root>/folder_cache/<folder>-<listing>.safetensors`` (one
+uint8 tensor, the labels and a JSON index), keyed by hashes of the folder's path and conversion
+settings and of its listing (paths, sizes, modification times): a second run decodes nothing.
+Change a file and the listing's hash changes: the folder is decoded again and its old cache removed.
 """
 from __future__ import annotations
 
@@ -237,7 +237,9 @@ def load_folder(path: str, split: str, root: Path, log: Callable[[str], None] = 
     base = Path(path).expanduser().resolve()
     listing = list_folder(base)
     key = _listing_key(base, listing, size, channels)
-    cache = Path(root) / "folder_cache" / f"{key}.safetensors"
+    # <folder and settings>-<listing>: a new listing replaces the folder's older cache for these settings
+    owner = hashlib.sha256(json.dumps([str(base), size, channels]).encode()).hexdigest()[:12]
+    cache = Path(root) / "folder_cache" / f"{owner}-{key}.safetensors"
     got = _read_cache(cache) if cache.exists() else None
     if got is not None:  # nothing to say: the first load said it all, and predict's output stays clean
         tensors, meta = got
@@ -254,6 +256,8 @@ def load_folder(path: str, split: str, root: Path, log: Callable[[str], None] = 
         meta = {"folder": str(base), "layout": listing["layout"], "classes": listing["classes"],
                 "files": data["files"], "skipped": skipped, "image_shape": data["shape"], "how": data["how"],
                 "test": test_how}
+        for stale in cache.parent.glob(f"{owner}-*.safetensors"):
+            stale.unlink(missing_ok=True)
         _write_cache(cache, tensors, meta)
         _log_summary(base, tensors["parts"], meta, log)
     images, labels, parts = tensors["images"], tensors["labels"], tensors["parts"]
