@@ -207,3 +207,24 @@ def test_data_fetch_command_for_the_new_datasets(tmp_path, offline, capsys):
     assert main(["data", "fetch", "cifar10", "--root", str(tmp_path)]) == 2  # offline, no files: one line
     err = capsys.readouterr().err.strip().splitlines()
     assert "gencls: error: CIFAR-10 not found" in err[-1] and "cifar-10-batches-py" in err[-1]
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 28, 28), (1, 32, 32), (3, 32, 32)])
+@pytest.mark.parametrize("method", ["improved-gan", "supervised", "acgan"])
+def test_methods_take_gray_and_colour_at_28_and_32(method, shape):
+    from gencls.methods import create_method
+
+    small = {"improved-gan": {"conv_width": 8, "g_width": 8, "hidden": [64, 32]}, "supervised": {"conv_width": 8, "hidden": [64]},
+             "acgan": {"g_width": 8, "d_width": 8, "features": 32}}[method]
+    torch.manual_seed(0)
+    m = create_method(method, small, shape, 10)
+    m.train()
+    x, y = torch.rand(40, *shape), torch.arange(20) % 10
+    m.setup(x)
+    losses = m.train_step(x[:20], y, x[: 20 * m.unlabelled_batches] if m.unlabelled_batches else None)
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert m.classify(x[:3]).shape == (3, 10)
+    if m.can_generate:
+        assert m.generate(2).shape == (2, *shape)
+    if method != "acgan":
+        assert m.arch == ("mlp" if shape == (1, 28, 28) else "conv")
