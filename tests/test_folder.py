@@ -100,7 +100,9 @@ def test_folder_training_reports_bad_files_and_uses_class_names(folder_run, fold
     assert any("labelled 100" in s and "unlabelled 500" in s for s in lines)  # the 100 labelled are in the pool too
     assert any("3 file(s) could not be decoded" in s and "skipped_files.json" in s for s in lines)
 
-    report = gencls.evaluate(out, log=lambda s: None)
+    ev_lines = []
+    report = gencls.evaluate(out, log=ev_lines.append)
+    assert not any("decoding" in s for s in ev_lines)  # the training run's cache, under its resolved settings
     assert set(report["per_class_accuracy"]) == set(CLASS_DIRS) and report["n"] == 200
     assert report["error"] < 0.6, report["error"]  # chance 0.9; ~0.35-0.45 after these 40 steps
 

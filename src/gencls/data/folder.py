@@ -24,7 +24,9 @@ the list is saved (``test_files.json`` in the run folder, and in the cache).
 The decoded images are cached in ``<data root>/folder_cache/<folder>-<listing>.safetensors`` (one
 uint8 tensor, the labels and a JSON index), keyed by hashes of the folder's path and conversion
 settings and of its listing (paths, sizes, modification times): a second run decodes nothing.
-Change a file and the listing's hash changes: the folder is decoded again and its old cache removed.
+Settings left to the data point (a small ``.json``) to the cache of the settings they resolved to,
+so a run and its ``evaluate`` (which passes the resolved settings) share one cache. Change a file
+and the listing's hash changes: the folder is decoded again and its old cache removed.
 """
 from __future__ import annotations
 
@@ -200,17 +202,26 @@ def _read_cache(path: Path) -> tuple[dict, dict] | None:
     return tensors, meta
 
 
-def _write_cache(path: Path, tensors: dict, meta: dict) -> None:
-    from safetensors.torch import save
+def _cache_path(root: Path, base: Path, listing: dict, size, channels) -> Path:
+    """``<data root>/folder_cache/<folder and settings>-<listing>`` (no suffix)."""
+    owner = hashlib.sha256(json.dumps([str(base), size, channels]).encode()).hexdigest()[:12]
+    return Path(root) / "folder_cache" / f"{owner}-{_listing_key(base, listing, size, channels)}"
 
+
+def _write_bytes(path: Path, data: bytes) -> None:
     from gencls.utils import atomic_write_bytes
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()},
-                                      metadata={"gencls": json.dumps(meta)}))
+        atomic_write_bytes(path, data)
     except OSError:
         pass  # no cache where it cannot be written; the next run decodes again
+
+
+def _write_cache(path: Path, tensors: dict, meta: dict) -> None:
+    from safetensors.torch import save
+
+    _write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}, metadata={"gencls": json.dumps(meta)}))
 
 
 def _log_summary(base: Path, parts: torch.Tensor, meta: dict, log) -> None:
@@ -236,15 +247,19 @@ def load_folder(path: str, split: str, root: Path, log: Callable[[str], None] = 
         raise GenclsError("--dataset folder:PATH: give the folder, e.g. folder:~/my-images")
     base = Path(path).expanduser().resolve()
     listing = list_folder(base)
-    key = _listing_key(base, listing, size, channels)
-    # <folder and settings>-<listing>: a new listing replaces the folder's older cache for these settings
-    owner = hashlib.sha256(json.dumps([str(base), size, channels]).encode()).hexdigest()[:12]
-    cache = Path(root) / "folder_cache" / f"{owner}-{key}.safetensors"
-    got = _read_cache(cache) if cache.exists() else None
+    auto = _cache_path(root, base, listing, size, channels)
+    if size is None or channels is None:  # settings resolved from the data before: their cache
+        try:
+            pointer = json.loads(auto.with_suffix(".json").read_text())
+            size, channels = size or tuple(pointer["image_size"]), channels or int(pointer["channels"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    cache = _cache_path(root, base, listing, size, channels).with_suffix(".safetensors")
+    got = _read_cache(cache) if size is not None and channels is not None and cache.exists() else None
     if got is not None:  # nothing to say: the first load said it all, and predict's output stays clean
         tensors, meta = got
     else:
-        log(f"folder {base}: decoding {len(listing['entries'])} files (cached afterwards in {cache})")
+        log(f"folder {base}: decoding {len(listing['entries'])} files (cached afterwards in {cache.parent})")
         data, skipped = _decode_all(base, listing["entries"], size, channels)
         parts = data["parts"]
         test_how = "the test folder"
@@ -256,8 +271,13 @@ def load_folder(path: str, split: str, root: Path, log: Callable[[str], None] = 
         meta = {"folder": str(base), "layout": listing["layout"], "classes": listing["classes"],
                 "files": data["files"], "skipped": skipped, "image_shape": data["shape"], "how": data["how"],
                 "test": test_how}
-        for stale in cache.parent.glob(f"{owner}-*.safetensors"):
-            stale.unlink(missing_ok=True)
+        c, h, w = data["shape"]
+        cache = _cache_path(root, base, listing, (h, w), c).with_suffix(".safetensors")
+        for old in {auto, cache.with_suffix("")}:  # the folder's older caches for these settings
+            for stale in old.parent.glob(old.name.split("-")[0] + "-*"):
+                stale.unlink(missing_ok=True)
+        if auto != cache.with_suffix(""):  # auto settings -> the resolved ones
+            _write_bytes(auto.with_suffix(".json"), json.dumps({"image_size": [h, w], "channels": c}).encode())
         _write_cache(cache, tensors, meta)
         _log_summary(base, tensors["parts"], meta, log)
     images, labels, parts = tensors["images"], tensors["labels"], tensors["parts"]
