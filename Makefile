@@ -15,7 +15,7 @@ DEMO_RUN    ?= runs/demo
 # Installed only when missing; playwright drives /usr/bin/chromium and never downloads a browser.
 APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: setup system-deps demo test bench bench-generation compare clean
+.PHONY: setup system-deps demo test bench bench-generation compare compare-fashion clean
 
 setup: system-deps $(STAMP)
 
@@ -55,6 +55,19 @@ compare: setup
 	$(GENCLS) compare --methods improved-gan,vae-m2,aae,supervised --dataset mnist --labels 100 --seeds 3 \
 		--epochs 100 --minutes $(COMPARE_MINUTES) --jobs 1 --threads 1 --out $(COMPARE_OUT)
 	$(GENCLS) report $(COMPARE_OUT)
+
+# The Fashion-MNIST figures: improved-gan against supervised, 100 and 1000 labels, the same budget
+# for both (FASHION_EPOCHS epochs of the unlabelled set, seeds 1..FASHION_SEEDS; on a GPU:
+# make compare-fashion FASHION_DEVICE=cuda).
+FASHION_EPOCHS ?= 30
+FASHION_SEEDS  ?= 1
+FASHION_DEVICE ?= auto
+compare-fashion: setup
+	$(GENCLS) data fetch fashion-mnist
+	for n in 100 1000; do \
+		$(GENCLS) compare --methods improved-gan,supervised --dataset fashion-mnist --labels $$n --seeds $(FASHION_SEEDS) \
+			--epochs $(FASHION_EPOCHS) --device $(FASHION_DEVICE) --out runs/compare-fashion-$$n || exit 1; \
+	done
 
 # The generation table and per-class grids in docs/ (acgan 100 / all labels, improved-gan 100 labels).
 bench-generation: setup

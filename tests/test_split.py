@@ -46,3 +46,11 @@ def test_uneven_count_and_all():
 def test_impossible_requests_are_user_errors(labels, val):
     with pytest.raises(GenclsError):
         make_split(targets(), labels, val, 1)
+
+
+def test_images_without_labels_only_join_the_unlabelled_set():
+    t = torch.tensor([0, 1, 2] * 6 + [-1] * 30)
+    s = make_split(t, "all", val_size=3, data_seed=1, num_classes=3)
+    assert bool((t[s.labelled] >= 0).all()) and bool((t[s.validation] >= 0).all())
+    assert len(s.labelled) == 15 and len(s.validation) == 3 and len(s.unlabelled) == 45
+    assert set(range(18, 48)) <= set(s.unlabelled.tolist())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import secrets
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,8 @@ from typing import Any
 import torch
 
 from gencls.config import TrainConfig
-from gencls.data import find_images, load_image, load_split
+from gencls.data import find_images, load_image
+from gencls.data.datasets import load_run_split
 from gencls.errors import GenclsError, InputError
 from gencls.evaluation.metrics import classification_report, predict_logits
 from gencls.methods import CannotGenerate, Method, create_method
@@ -166,7 +168,7 @@ def ood_calibration(run: Run | str | Path, data_root: str | None = None, write: 
             run.ood = saved
             return saved
     cfg = run.config
-    data = load_split(cfg.dataset, "train", data_root or cfg.data_root, log=log)
+    data = load_run_split(cfg, "train", data_root, log=log)
     idx = _split_indices(run)
     which = "validation" if len(idx["validation"]) else "labelled"
     x = data.images[torch.as_tensor(idx[which], dtype=torch.long)].float().div(255)
@@ -211,13 +213,15 @@ def evaluate(run: Run | str | Path, split: str = "test", data_root: str | None =
     cfg = run.config
     root = data_root or cfg.data_root
     if split == "test":
-        data = load_split(cfg.dataset, "test", root, log=log)
+        data = load_run_split(cfg, "test", root, log=log)
         x, y = data.images, data.labels
     elif split == "val":
         if run.path is None:
             raise GenclsError("--split val needs the run folder (its split.json), not a bare checkpoint file")
-        data = load_split(cfg.dataset, "train", root, log=log)
+        data = load_run_split(cfg, "train", root, log=log)
         idx = torch.as_tensor(_split_indices(run)["validation"], dtype=torch.long)
+        if len(idx) == 0:
+            raise GenclsError(f"{run.path}: this run has no validation split (--val-size 0); evaluate the test split")
         x, y = data.images[idx], data.labels[idx]
     else:
         raise GenclsError(f"--split {split}: test or val")
@@ -304,8 +308,8 @@ def predict(run: Run | str | Path, paths: list[str | Path], top_k: int = 3, inve
     files = find_images(paths)
     results: list[Prediction] = []
     background = run.background
-    if files:
-        ood_calibration(run)
+    if files:  # its data messages go to stderr: predict's output may be JSON or CSV
+        ood_calibration(run, log=lambda s: print(s, file=sys.stderr))
     for start in range(0, len(files), batch_size):
         chunk, tensors, slots = files[start : start + batch_size], [], []
         for f in chunk:

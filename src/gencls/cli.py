@@ -96,20 +96,29 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="get datasets onto disk")
     dsub = d.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
     f = dsub.add_parser("fetch", help="fetch a dataset into the data root")
-    f.add_argument("dataset", choices=["mnist", "fashion-mnist"])
+    f.add_argument("dataset", choices=["mnist", "fashion-mnist", "digits", "cifar10", "svhn"])
     f.add_argument("--root", help="data root (default: $GENCLS_DATA, else ~/.cache/gencls)")
 
     t = sub.add_parser("train", help="train a method",
                        description="Train a method. With --resume only --out and the settings that may change "
                                    "in a running run (epochs, minutes, checkpointing, device) are read.")
     t.add_argument("--method", help=f"one of: {', '.join(list_methods())} (default improved-gan)")
-    t.add_argument("--dataset", help=f"one of: {', '.join(list_datasets())} (default mnist)")
-    t.add_argument("--labels", type=_labels, help="labelled training images, balanced, or 'all' (default 100)")
+    t.add_argument("--dataset", help=f"one of: {', '.join(list_datasets())}, or folder:PATH for your own images "
+                   "(default mnist)")
+    t.add_argument("--labels", type=_labels, help="labelled training images, balanced, or 'all' (default 100; "
+                   "folder:PATH with PATH/labelled/: all)")
     t.add_argument("--epochs", type=_positive_int, help="default 10")
     t.add_argument("--minutes", type=_positive_float, help="stop at the first epoch end after this many minutes")
     t.add_argument("--seed", type=_nonneg_int, help="seed of the networks and the batch order (default 1)")
     t.add_argument("--data-seed", type=_nonneg_int, help="seed of the labelled/validation split (default 1)")
-    t.add_argument("--val-size", type=_nonneg_int, help="validation images carved from training (default 5000)")
+    t.add_argument("--val-size", type=_nonneg_int, help="validation images carved from the labelled training images "
+                   "(default: 10%% of the training images, at most 5000; folder:PATH with PATH/labelled/: 0)")
+    t.add_argument("--image-size", metavar="N|HxW", help="resize the images to this size (default: the dataset's; "
+                   "a folder's most common size)")
+    t.add_argument("--channels", type=int, choices=[1, 3], help="1 (grayscale) or 3 (RGB) (default: the dataset's; "
+                   "a folder's majority)")
+    t.add_argument("--arch", choices=["auto", "mlp", "conv"], help="networks of improved-gan and supervised: auto "
+                   "(default: the MNIST MLP for 1-channel images up to 28x28, the CIFAR-10 conv nets otherwise), mlp, conv")
     t.add_argument("--subset", type=_positive_int, help="use a random subset of this many training images")
     t.add_argument("--batch-size", type=_positive_int, help="default 100; per process under torchrun (a step then "
                    "trains on batch-size x processes images)")
@@ -238,15 +247,22 @@ def cmd_data(args) -> int:
     from gencls.data import fetch_fashion_mnist, fetch_mnist
 
     if args.data_command != "fetch":
-        raise GenclsError("usage: gencls data fetch mnist|fashion-mnist [--root DIR]")
-    fetch = fetch_mnist if args.dataset == "mnist" else fetch_fashion_mnist
-    fetch(Path(args.root) if args.root else None)
+        raise GenclsError("usage: gencls data fetch mnist|fashion-mnist|digits|cifar10|svhn [--root DIR]")
+    root = Path(args.root) if args.root else None
+    if args.dataset in ("mnist", "fashion-mnist"):
+        (fetch_mnist if args.dataset == "mnist" else fetch_fashion_mnist)(root)
+    else:  # digits ships with scikit-learn; cifar10/svhn: torchvision's download or files put in place
+        from gencls.data import load_split
+
+        for split in ("train", "test"):
+            d = load_split(args.dataset, split, root)
+            print(f"{args.dataset} {split}: {len(d)} images of {'x'.join(map(str, d.image_shape))}")
     return 0
 
 
 TRAIN_FLAGS = ("method", "dataset", "labels", "val_size", "subset", "epochs", "minutes", "batch_size", "seed",
                "data_seed", "device", "out", "data_root", "threads", "progress", "tensorboard", "checkpoint_every",
-               "keep", "on_nan", "max_grad_norm")
+               "keep", "on_nan", "max_grad_norm", "image_size", "channels", "arch")
 
 
 def cmd_train(args) -> int:

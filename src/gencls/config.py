@@ -11,8 +11,8 @@ from gencls.errors import GenclsError
 class TrainConfig:
     method: str = "improved-gan"
     dataset: str = "mnist"
-    labels: int | str = 100  # a count, or "all"
-    val_size: int = 5000
+    labels: int | str | None = None  # a count, or "all"; None: the dataset's default (100; folders: "all")
+    val_size: int | None = None  # None: the dataset's default (min(5000, 10% of training images); folders: 0)
     subset: int | None = None  # use a random subset of this many training images (quick experiments)
     epochs: int = 10
     minutes: float | None = None  # stop after this much training time (at an epoch end)
@@ -31,15 +31,27 @@ class TrainConfig:
     keep: int = 0  # keep the checkpoints of the last K epochs besides last and best
     on_nan: str = "stop"  # a non-finite loss or exploding gradient: "stop" or "skip" the batch
     max_grad_norm: float = 1e6  # a gradient norm above this counts as exploding
+    image_size: list[int] | None = None  # [H, W] to resize the images to; None: the dataset's (saved resolved)
+    channels: int | None = None  # 1 or 3; None: the dataset's (saved resolved)
+    arch: str | None = None  # networks of methods that have a choice: auto, mlp or conv (method setting "arch")
 
     def validate(self) -> "TrainConfig":
+        from gencls.data.datasets import parse_image_size
+        from gencls.nets.cifar import ARCHES
+
+        if self.image_size is not None:
+            self.image_size = list(parse_image_size(self.image_size))
+        if self.channels is not None and self.channels not in (1, 3):
+            raise GenclsError(f"--channels {self.channels}: 1 (grayscale) or 3 (RGB)")
+        if self.arch is not None and self.arch not in ARCHES:
+            raise GenclsError(f"--arch {self.arch}: one of {', '.join(ARCHES)}")
         if isinstance(self.labels, str):
             if self.labels != "all":
                 try:
                     self.labels = int(self.labels)
                 except ValueError:
                     raise GenclsError(f"--labels {self.labels!r}: a number of labelled images or 'all'") from None
-        if self.labels != "all" and self.labels <= 0:
+        if self.labels is not None and self.labels != "all" and self.labels <= 0:
             raise GenclsError(f"--labels {self.labels}: must be positive (or 'all')")
         if self.epochs < 1:
             raise GenclsError(f"--epochs {self.epochs}: must be at least 1")
@@ -49,7 +61,7 @@ class TrainConfig:
             raise GenclsError(f"--batch-size {self.batch_size}: must be at least 2")
         if self.subset is not None and self.subset <= 0:
             raise GenclsError(f"--subset {self.subset}: must be positive")
-        if self.val_size < 0:
+        if self.val_size is not None and self.val_size < 0:
             raise GenclsError(f"--val-size {self.val_size}: must be 0 or more")
         for name in ("seed", "data_seed"):
             v = getattr(self, name)
@@ -64,6 +76,22 @@ class TrainConfig:
         if self.threads is not None and self.threads < 1:
             raise GenclsError(f"--threads {self.threads}: must be at least 1")
         return self
+
+    def fill_from_data(self, image_shape, defaults: dict, n_train: int) -> "TrainConfig":
+        """Settings left unset, from the data: its defaults, its image size and channels; ``arch``
+        goes into the method's settings (so that a saved run rebuilds the same networks)."""
+        if self.labels is None:
+            self.labels = defaults.get("labels", 100)
+        if self.val_size is None:
+            self.val_size = defaults.get("val_size", min(5000, n_train // 10))
+        self.channels, self.image_size = int(image_shape[0]), [int(image_shape[1]), int(image_shape[2])]
+        if self.arch is not None:
+            from gencls.methods import get_method_class
+
+            if "arch" not in get_method_class(self.method).default_config:
+                raise GenclsError(f"--arch {self.arch}: method {self.method} has one set of networks (no choice of arch)")
+            self.method_config = {**self.method_config, "arch": self.arch}
+        return self.validate()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -102,9 +102,9 @@ def export_onnx(run, out: str | Path, part: str = "classifier", n_check: int = 1
     gen = torch.Generator().manual_seed(0)
     if part == "classifier":
         ood_calibration(run, data_root=data_root, log=log)
-        from gencls.data import load_split
+        from gencls.data.datasets import load_run_split
 
-        test = load_split(run.config.dataset, "test", data_root or run.config.data_root, log=log)
+        test = load_run_split(run.config, "test", data_root, log=log)
         x = test.images[:n_check].float().div(255)
         graph, example = ClassifierGraph(method), (x[:2],)
         inputs, outputs = ("image",), ("logits", "probabilities", "ood_score")

@@ -181,7 +181,7 @@ def _generation_section(gen: dict) -> str:
 def run_report(run_dir: str | Path, out: str | Path | None = None, data_root: str | None = None,
                log: Callable[[str], None] = print) -> Path:
     from gencls.api import evaluate, load_run
-    from gencls.data import load_split
+    from gencls.data.datasets import load_run_split
     from gencls.training.runlog import read_metrics
 
     run_dir = Path(run_dir)
@@ -190,7 +190,7 @@ def run_report(run_dir: str | Path, out: str | Path | None = None, data_root: st
     rows = read_metrics(run_dir)
     eval_path = run_dir / "eval.json"
     ev = read_json(eval_path) if eval_path.exists() else evaluate(run, "test", data_root=data_root, log=log)
-    test = load_split(run.config.dataset, "test", data_root or run.config.data_root, log=log)
+    test = load_run_split(run.config, "test", data_root, log=log)
     x = test.images.float().div(255)
     logits = run.logits(x)
     classes = run.classes

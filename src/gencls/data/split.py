@@ -4,7 +4,8 @@
 - labelled: ``labels`` images, class-balanced, disjoint from validation;
 - unlabelled: every training image not in validation (the labelled ones included, as in
   Salimans et al. 2016).
-All three are fixed by ``data_seed``.
+All three are fixed by ``data_seed``. Images whose target is -1 have no label (a folder dataset's
+``unlabelled/``): they only ever join the unlabelled set.
 """
 from __future__ import annotations
 

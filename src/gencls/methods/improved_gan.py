@@ -7,14 +7,12 @@ and feature matching on the last hidden layer for the generator.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from gencls.losses import feature_matching_loss, ssl_gan_real_probability, ssl_gan_unlabelled_loss
 from gencls.methods.base import CannotGenerate, Method, register_method
-from gencls.nets import EMA, MLPClassifier, MLPGenerator
+from gencls.nets import EMA, make_classifier, make_generator, resolve_arch
 
 
 @register_method
@@ -27,23 +25,30 @@ class ImprovedGAN(Method):
     ood_score_name = "discriminator D(x) = Z/(Z+1)"
     latent_distribution = "uniform(0,1)"
     default_config = {"lr": 0.003, "beta1": 0.5, "adam_eps": 1e-4, "unlabelled_weight": 1.0, "ema_decay": 0.999,
-                      "hidden": [1000, 500, 250, 250, 250], "nz": 100}
+                      "hidden": [1000, 500, 250, 250, 250], "nz": 100,
+                      # networks: "auto" picks the MNIST MLP for one-channel images up to 28x28 and the CIFAR-10
+                      # conv nets otherwise (gencls.nets.cifar); conv_lr is the CIFAR code's learning rate
+                      "arch": "auto", "conv_width": 96, "g_width": 128, "conv_lr": 0.0003}
 
     def __init__(self, config, image_shape, num_classes):
         super().__init__(config, image_shape, num_classes)
         c = self.config
-        self.disc = MLPClassifier(math.prod(self.image_shape), num_classes, hidden=tuple(c["hidden"]))
-        self.gen = MLPGenerator(self.image_shape, nz=int(c["nz"]))
+        self.arch = resolve_arch(c["arch"], self.image_shape)
+        self.disc = make_classifier(self.arch, self.image_shape, num_classes, c)
+        self.gen = make_generator(self.arch, self.image_shape, c)
         self.ema = EMA(self.disc, c["ema_decay"])
         betas = (c["beta1"], 0.999)
-        self.opt_d = torch.optim.Adam([p for p in self.disc.parameters() if p.requires_grad], lr=c["lr"], betas=betas, eps=c["adam_eps"])
-        self.opt_g = torch.optim.Adam(self.gen.parameters(), lr=c["lr"], betas=betas, eps=c["adam_eps"])
+        lr = c["lr"] if self.arch == "mlp" else c["conv_lr"]
+        self.opt_d = torch.optim.Adam([p for p in self.disc.parameters() if p.requires_grad], lr=lr, betas=betas, eps=c["adam_eps"])
+        self.opt_g = torch.optim.Adam([p for p in self.gen.parameters() if p.requires_grad], lr=lr, betas=betas, eps=c["adam_eps"])
 
     def optimizers(self):
         return {"disc": self.opt_d, "gen": self.opt_g}
 
     def setup(self, x):
         self.disc.data_init(x)
+        if hasattr(self.gen, "data_init"):  # the conv generator's weight-normalised output layer
+            self.gen.data_init(self.gen.sample_z(len(x), x.device))
         self.ema.reset(self.disc)
 
     def train_step(self, x_lab, y_lab, x_unl):

@@ -2,13 +2,11 @@
 with the same optimiser, EMA and number of steps as the semi-supervised methods."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from gencls.methods.base import Method, register_method
-from gencls.nets import EMA, MLPClassifier
+from gencls.nets import EMA, make_classifier, resolve_arch
 
 
 @register_method
@@ -17,15 +15,17 @@ class Supervised(Method):
     description = "the same classifier network on the labelled images only (baseline)"
     unlabelled_batches = 0
     default_config = {"lr": 0.003, "beta1": 0.5, "adam_eps": 1e-4, "ema_decay": 0.999, "hidden": [1000, 500, 250, 250, 250],
-                      "input_noise": 0.3, "hidden_noise": 0.5}
+                      "input_noise": 0.3, "hidden_noise": 0.5,
+                      "arch": "auto", "conv_width": 96, "conv_lr": 0.0003}  # the network improved-gan picks
 
     def __init__(self, config, image_shape, num_classes):
         super().__init__(config, image_shape, num_classes)
         c = self.config
-        self.net = MLPClassifier(math.prod(self.image_shape), num_classes, hidden=tuple(c["hidden"]),
-                                 input_noise=float(c["input_noise"]), hidden_noise=float(c["hidden_noise"]))
+        self.arch = resolve_arch(c["arch"], self.image_shape)
+        self.net = make_classifier(self.arch, self.image_shape, num_classes, c)
         self.ema = EMA(self.net, c["ema_decay"])
-        self.opt = torch.optim.Adam([p for p in self.net.parameters() if p.requires_grad], lr=c["lr"],
+        lr = c["lr"] if self.arch == "mlp" else c["conv_lr"]
+        self.opt = torch.optim.Adam([p for p in self.net.parameters() if p.requires_grad], lr=lr,
                                     betas=(c["beta1"], 0.999), eps=c["adam_eps"])
 
     def optimizers(self):

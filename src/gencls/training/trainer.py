@@ -25,7 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from gencls.config import TrainConfig
-from gencls.data import load_split, make_split
+from gencls.data import make_split
+from gencls.data.datasets import load_run_split
 from gencls.data.images import border_mean
 from gencls.errors import GenclsError, TrainingStopped  # noqa: F401  (TrainingStopped re-exported)
 from gencls.evaluation.metrics import predict_logits
@@ -197,11 +198,12 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
     world = ddp.world
 
     # everything a user can get wrong is checked before the run folder is touched
-    data = ddp.local_main_first(lambda: load_split(cfg.dataset, "train", cfg.data_root, log=log))
+    data = ddp.local_main_first(lambda: load_run_split(cfg, "train", log=log))
     images, targets = data.images, data.labels
     sub = _subset_indices(len(targets), cfg.subset, cfg.data_seed)
     if sub is not None:
         images, targets = images[sub], targets[sub]
+    cfg.fill_from_data(data.image_shape, data.defaults, len(targets))
     split = make_split(targets, cfg.labels, cfg.val_size, cfg.data_seed, num_classes=len(data.classes))
     if len(split.unlabelled) < cfg.batch_size * world:
         raise GenclsError(f"only {len(split.unlabelled)} training images outside validation, "
@@ -255,6 +257,10 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
     else:
         def write_run_files():
             atomic_write_json(out / "config.json", {**cfg.to_dict(), "world_size": world})
+            for name, obj in data.run_files.items():  # e.g. a folder dataset's skipped and held-out files
+                atomic_write_json(out / name, obj)
+                if isinstance(obj, dict) and obj.get("count"):
+                    log(f"data: {obj['count']} file(s) could not be decoded and were skipped: listed in {out / name}")
             atomic_write_json(out / "split.json", {"data_seed": cfg.data_seed,
                                                    "subset": None if sub is None else sub.tolist(),
                                                    "labelled": split.labelled.tolist(),

@@ -1,0 +1,300 @@
+"""Folder datasets: your own images, a few labelled per class and a pile of unlabelled ones.
+
+``--dataset folder:PATH`` reads one of two layouts:
+
+- ``PATH/labelled/<class>/*``, optional ``PATH/unlabelled/**`` (any depth, no labels) and optional
+  ``PATH/test/<class>/*``. Every labelled image is used (``--labels all`` by default) and there is
+  no validation split by default (``--val-size 0``: with ten labelled images per class, taking
+  some for validation costs more than model selection gains; the last epoch's model is kept).
+  Give ``--labels N`` / ``--val-size N`` to draw them from the labelled images instead.
+- ``PATH/<class>/*``: every image labelled by its folder; ``--labels N`` takes N of them
+  (balanced) as labelled, the rest are the unlabelled pool (and the validation split, as for MNIST).
+
+Files at any depth below a class folder belong to that class. Every regular file that is not
+hidden is tried; PIL decodes it with the project's safe decoder (``gencls.imagefile``,
+decompression-bomb guard), converts it to ``channels`` and stretches it to ``image_size``. A
+file that cannot be decoded is skipped, counted, logged and listed (``skipped_files.json`` in the
+run folder). Defaults: ``image_size`` is the most common size when both sides are multiples of 4
+between 8 and 64, else 32x32; ``channels`` is 1 when most images are grayscale, else 3.
+
+Without a test folder, 20% of each class's labelled images (at least one where a class has two or
+more) are held out as the test split, chosen by a hash of their paths, so the choice is stable;
+the list is saved (``test_files.json`` in the run folder, and in the cache).
+
+The decoded images are cached in ``<data root>/folder_cache/<folder>-<listing>.safetensors`` (one
+uint8 tensor, the labels and a JSON index), keyed by hashes of the folder's path and conversion
+settings and of its listing (paths, sizes, modification times): a second run decodes nothing.
+Settings left to the data point (a small ``.json``) to the cache of the settings they resolved to,
+so a run and its ``evaluate`` (which passes the resolved settings) share one cache. Change a file
+and the listing's hash changes: the folder is decoded again and its old cache removed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from gencls.errors import GenclsError, InputError
+from gencls.imagefile import MAX_PIXELS, decode_image
+
+CACHE_VERSION = 1
+TEST_FRACTION = 0.2
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+PARTS = {"train": 0, "unlabelled": 1, "test": 2}
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """Every regular, non-hidden file below ``folder`` (hidden folders skipped too), sorted."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
+    return [p for p in out if p.is_file()]
+
+
+def _class_dirs(folder: Path) -> list[str]:
+    return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def list_folder(base: Path) -> dict:
+    """The layout, the classes and every file: ``entries`` of (relative path, part, class index or -1)."""
+    if not base.is_dir():
+        raise GenclsError(f"--dataset folder:{base}: no such folder")
+    entries: list[tuple[str, str, int]] = []
+    lab = base / "labelled"
+    if lab.is_dir():
+        layout = "labelled"
+        classes = _class_dirs(lab)
+        for i, c in enumerate(classes):
+            entries += [(p.relative_to(base).as_posix(), "train", i) for p in _files_under(lab / c)]
+        if (base / "unlabelled").is_dir():
+            entries += [(p.relative_to(base).as_posix(), "unlabelled", -1) for p in _files_under(base / "unlabelled")]
+        if (base / "test").is_dir():
+            for c in _class_dirs(base / "test"):
+                if c not in classes:
+                    raise GenclsError(f"{base / 'test' / c}: class '{c}' is not among the labelled classes "
+                                      f"({', '.join(classes)})")
+                entries += [(p.relative_to(base).as_posix(), "test", classes.index(c))
+                            for p in _files_under(base / "test" / c)]
+    else:
+        layout = "classes"
+        classes = _class_dirs(base)
+        odd = [c for c in ("unlabelled", "test") if c in classes]
+        if odd:
+            raise GenclsError(f"--dataset folder:{base}: there is {odd[0]}/ but no labelled/; put the labelled class "
+                              f"folders in {base / 'labelled'}")
+        for i, c in enumerate(classes):
+            entries += [(p.relative_to(base).as_posix(), "train", i) for p in _files_under(base / c)]
+    if len(classes) < 2:
+        raise GenclsError(f"--dataset folder:{base}: found {len(classes)} class folder(s); give PATH/labelled/<class>/* "
+                          "or PATH/<class>/* with at least two classes")
+    counts = Counter(e[2] for e in entries if e[1] == "train")
+    empty = [c for i, c in enumerate(classes) if not counts[i]]
+    if empty:
+        raise GenclsError(f"--dataset folder:{base}: class folder '{empty[0]}' has no files")
+    return {"layout": layout, "classes": classes, "entries": entries}
+
+
+def _listing_key(base: Path, listing: dict, size, channels) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([CACHE_VERSION, listing["layout"], listing["classes"], size, channels]).encode())
+    for rel, part, label in listing["entries"]:
+        st = (base / rel).stat()
+        h.update(f"\0{rel}\0{part}\0{label}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:32]
+
+
+def _header(path: Path) -> tuple[tuple[int, int], bool] | str:
+    """((height, width), is_grayscale) from the file's header, or why it cannot be an image."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file"
+        with Image.open(path) as im:
+            if im.width * im.height > MAX_PIXELS:
+                return f"too large ({im.width}x{im.height} pixels, the limit is {MAX_PIXELS})"
+            gray = im.mode in GRAY_MODES or (im.mode == "P" and _gray_palette(im))
+            return (im.height, im.width), gray
+    except Exception as e:  # noqa: BLE001 - whatever PIL raises, the file is skipped and reported
+        return f"not a readable image ({type(e).__name__})"
+
+
+def _gray_palette(im: Image.Image) -> bool:
+    pal = im.getpalette() or []
+    rgb = np.asarray(pal[: 3 * (len(pal) // 3)]).reshape(-1, 3)
+    return bool(len(rgb)) and bool((rgb == rgb[:, :1]).all())
+
+
+def default_size(sizes: list[tuple[int, int]]) -> tuple[tuple[int, int], str]:
+    """The most common size if both sides are multiples of 4 in 8..64, else 32x32; and why."""
+    if not sizes:
+        return (32, 32), "no decodable images"
+    (h, w), n = Counter(sizes).most_common(1)[0]
+    if h % 4 == 0 and w % 4 == 0 and 8 <= h <= 64 and 8 <= w <= 64:
+        return (h, w), f"the most common size ({n} of {len(sizes)} images)"
+    return (32, 32), f"the most common size {w}x{h} is not a multiple of 4 between 8 and 64"
+
+
+def _decode_all(base: Path, entries: list, size, channels) -> tuple[dict, list[dict]]:
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # headers only: I/O bound
+        headers = list(pool.map(lambda e: _header(base / e[0]), entries))
+    skipped = [{"path": e[0], "reason": h} for e, h in zip(entries, headers) if isinstance(h, str)]
+    good = [(e, h) for e, h in zip(entries, headers) if not isinstance(h, str)]
+    how = {}
+    if size is None:
+        size, how["image_size"] = default_size([h[0] for _, h in good])
+    if channels is None:
+        n_gray = sum(h[1] for _, h in good)
+        channels = 1 if n_gray * 2 > len(good) else 3
+        how["channels"] = f"{n_gray} of {len(good)} images are grayscale"
+    shape = (channels, *size)
+
+    def decode(rel: str):
+        try:
+            x = decode_image(base / rel, shape, invert="no", name=rel)
+        except InputError as e:
+            return str(e).removeprefix(f"{rel}: ")
+        return (x * 255.0).round().astype(np.uint8)
+
+    # one at a time: decode_image's bomb guard changes the (process-wide) warning filters
+    arrays = [decode(e[0]) for e, _ in good]
+    kept, images = [], []
+    for (e, _), a in zip(good, arrays):
+        if isinstance(a, str):
+            skipped.append({"path": e[0], "reason": a})
+        else:
+            kept.append(e)
+            images.append(a)
+    skipped.sort(key=lambda d: d["path"])
+    x = torch.from_numpy(np.stack(images)) if images else torch.zeros((0, *shape), dtype=torch.uint8)
+    return {"images": x, "labels": torch.tensor([e[2] for e in kept], dtype=torch.long),
+            "parts": torch.tensor([PARTS[e[1]] for e in kept], dtype=torch.int8),
+            "files": [e[0] for e in kept], "shape": list(shape), "how": how}, skipped
+
+
+def _hold_out_test(files: list[str], labels: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
+    """Mark TEST_FRACTION of each class's labelled training images as test, chosen by a hash of the path."""
+    parts = parts.clone()
+    for c in labels[parts == PARTS["train"]].unique().tolist():
+        ix = ((parts == PARTS["train"]) & (labels == c)).nonzero().flatten().tolist()
+        ix.sort(key=lambda i: hashlib.sha256(files[i].encode()).hexdigest())
+        n = round(TEST_FRACTION * len(ix)) if len(ix) >= 5 else int(len(ix) >= 2)
+        parts[ix[:n]] = PARTS["test"]
+    return parts
+
+
+def _read_cache(path: Path) -> tuple[dict, dict] | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["gencls"])
+            tensors = {k: f.get_tensor(k) for k in ("images", "labels", "parts")}
+    except Exception:  # noqa: BLE001 - a damaged cache is decoded again
+        return None
+    return tensors, meta
+
+
+def _cache_path(root: Path, base: Path, listing: dict, size, channels) -> Path:
+    """``<data root>/folder_cache/<folder and settings>-<listing>`` (no suffix)."""
+    owner = hashlib.sha256(json.dumps([str(base), size, channels]).encode()).hexdigest()[:12]
+    return Path(root) / "folder_cache" / f"{owner}-{_listing_key(base, listing, size, channels)}"
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    from gencls.utils import atomic_write_bytes
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, data)
+    except OSError:
+        pass  # no cache where it cannot be written; the next run decodes again
+
+
+def _write_cache(path: Path, tensors: dict, meta: dict) -> None:
+    from safetensors.torch import save
+
+    _write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}, metadata={"gencls": json.dumps(meta)}))
+
+
+def _log_summary(base: Path, parts: torch.Tensor, meta: dict, log) -> None:
+    c, h, w = meta["image_shape"]
+    counts = {p: int((parts == i).sum()) for p, i in PARTS.items()}
+    why = "; ".join(f"{k}: {v}" for k, v in meta["how"].items())
+    skipped = meta["skipped"]
+    log(f"folder {base}: {len(meta['classes'])} classes, {counts['train']} labelled, {counts['unlabelled']} unlabelled "
+        f"and {counts['test']} test images ({meta['test']}), as {w}x{h} with {c} channel(s)"
+        + (f" ({why})" if why else "") + f"; {len(skipped)} file(s) skipped" + (":" if skipped else ""))
+    for s in skipped[:20]:
+        log(f"  skipped {s['path']}: {s['reason']}")
+    if len(skipped) > 20:
+        log(f"  ... and {len(skipped) - 20} more (all in skipped_files.json of the run)")
+
+
+def load_folder(path: str, split: str, root: Path, log: Callable[[str], None] = print,
+                size: tuple[int, int] | None = None, channels: int | None = None):
+    """The ``train`` or ``test`` split of a folder dataset (see the module's docstring)."""
+    from gencls.data.datasets import Split
+
+    if not path:
+        raise GenclsError("--dataset folder:PATH: give the folder, e.g. folder:~/my-images")
+    base = Path(path).expanduser().resolve()
+    listing = list_folder(base)
+    auto = _cache_path(root, base, listing, size, channels)
+    if size is None or channels is None:  # settings resolved from the data before: their cache
+        try:
+            pointer = json.loads(auto.with_suffix(".json").read_text())
+            size, channels = size or tuple(pointer["image_size"]), channels or int(pointer["channels"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    cache = _cache_path(root, base, listing, size, channels).with_suffix(".safetensors")
+    got = _read_cache(cache) if size is not None and channels is not None and cache.exists() else None
+    if got is not None:  # nothing to say: the first load said it all, and predict's output stays clean
+        tensors, meta = got
+    else:
+        log(f"folder {base}: decoding {len(listing['entries'])} files (cached afterwards in {cache.parent})")
+        data, skipped = _decode_all(base, listing["entries"], size, channels)
+        parts = data["parts"]
+        test_how = "the test folder"
+        if not (parts == PARTS["test"]).any():
+            parts = _hold_out_test(data["files"], data["labels"], parts)
+            test_how = (f"held out: {round(100 * TEST_FRACTION)}% of each class's labelled images, chosen by a hash "
+                        "of their paths")
+        tensors = {"images": data["images"], "labels": data["labels"], "parts": parts}
+        meta = {"folder": str(base), "layout": listing["layout"], "classes": listing["classes"],
+                "files": data["files"], "skipped": skipped, "image_shape": data["shape"], "how": data["how"],
+                "test": test_how}
+        c, h, w = data["shape"]
+        cache = _cache_path(root, base, listing, (h, w), c).with_suffix(".safetensors")
+        for old in {auto, cache.with_suffix("")}:  # the folder's older caches for these settings
+            for stale in old.parent.glob(old.name.split("-")[0] + "-*"):
+                stale.unlink(missing_ok=True)
+        if auto != cache.with_suffix(""):  # auto settings -> the resolved ones
+            _write_bytes(auto.with_suffix(".json"), json.dumps({"image_size": [h, w], "channels": c}).encode())
+        _write_cache(cache, tensors, meta)
+        _log_summary(base, tensors["parts"], meta, log)
+    images, labels, parts = tensors["images"], tensors["labels"], tensors["parts"]
+    files, skipped, classes = meta["files"], meta["skipped"], meta["classes"]
+    if split == "test":
+        keep = parts == PARTS["test"]
+    else:
+        keep = parts != PARTS["test"]
+    ix = keep.nonzero().flatten()
+    if len(ix) == 0:
+        raise GenclsError(f"folder {base}: no decodable {'test' if split == 'test' else 'training'} images")
+    run_files = {
+        "skipped_files.json": {"folder": str(base), "count": len(skipped), "files": skipped},
+        "test_files.json": {"folder": str(base), "how": meta["test"],
+                            "files": [{"path": files[i], "class": classes[int(labels[i])]}
+                                      for i in (parts == PARTS["test"]).nonzero().flatten().tolist()]},
+    }
+    defaults = {"labels": "all", "val_size": 0} if meta["layout"] == "labelled" else {}
+    return Split(images[ix].contiguous(), labels[ix].contiguous(), list(classes), defaults=defaults,
+                 run_files=run_files)

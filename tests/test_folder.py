@@ -1,0 +1,193 @@
+"""Folder datasets, end to end on real images: Fashion-MNIST test images written as a folder of mixed
+formats, modes and sizes (10 labelled per class, a few hundred unlabelled, a test folder) plus broken
+files; training, the skipped-file report, the cache, and class names in evaluate, predict and generate."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import gencls
+from gencls.api import generate_class
+from gencls.cli import main
+from gencls.data import load_split
+from gencls.data.sources import FASHION_MNIST_CLASSES
+from gencls.training import train
+
+QUIET = dict(progress=False, tensorboard=False, sample_every=0, device="cpu", threads=1)
+CLASS_DIRS = [c.replace("/", "-") for c in FASHION_MNIST_CLASSES]  # "T-shirt/top" -> "T-shirt-top"
+FORMATS = [("png", "L", 28), ("jpg", "RGB", 28), ("bmp", "L", 28), ("png", "RGB", 36), ("jpg", "L", 20),
+           ("bmp", "RGB", 28), ("gif", "L", 28), ("png", "L", 28)]  # mostly grayscale, mostly 28x28
+
+
+@pytest.fixture(scope="module")
+def fashion_test(data_root):
+    return load_split("fashion-mnist", "test", data_root, log=lambda s: None)
+
+
+def write_image(path, pixels: np.ndarray, i: int) -> None:
+    ext, mode, side = FORMATS[i % len(FORMATS)]
+    im = Image.fromarray(pixels).convert(mode)
+    if side != 28:
+        im = im.resize((side, side), Image.Resampling.BILINEAR)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path.with_suffix("." + ext), **({"quality": 95} if ext == "jpg" else {}))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, fashion_test):
+    base = tmp_path_factory.mktemp("my-images")
+    x, y = fashion_test.images[:, 0].numpy(), fashion_test.labels.numpy()
+    order = np.arange(len(y))
+    used = 0
+    for c, name in enumerate(CLASS_DIRS):
+        ix = order[y == c]
+        for j, i in enumerate(ix[:10]):
+            write_image(base / "labelled" / name / f"{j:02d}", x[i], int(i))
+        for j, i in enumerate(ix[10:30]):
+            write_image(base / "test" / name / f"{j:02d}", x[i], int(i))
+    rest = order[np.isin(order, np.concatenate([order[y == c][:30] for c in range(10)]), invert=True)][:400]
+    for j, i in enumerate(rest):
+        write_image(base / "unlabelled" / f"batch{j % 3}" / ("deep" if j % 2 else "") / f"u{j:03d}", x[i], int(i))
+        used += 1
+    good = (base / "labelled" / "Bag").iterdir().__next__().read_bytes()
+    (base / "labelled" / "Bag" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (base / "unlabelled" / "empty.png").write_bytes(b"")
+    (base / "unlabelled" / "batch1" / "notes.png").write_text("this is a text file, not an image")
+    (base / ".DS_Store").write_bytes(b"hidden files are ignored")
+    return base
+
+
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("data-root")
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory, folder, cache_root):
+    out = tmp_path_factory.mktemp("runs") / "folder-gan"
+    lines = []
+    train(gencls.TrainConfig(method="improved-gan", dataset=f"folder:{folder}", epochs=4, batch_size=50,
+                             data_root=str(cache_root), out=str(out), **QUIET), log=lines.append)
+    return out, lines
+
+
+def test_folder_dataset_loads_with_defaults_from_the_data(folder, cache_root):
+    lines = []
+    train = load_split(f"folder:{folder}", "train", cache_root / "fresh", log=lines.append)
+    test = load_split(f"folder:{folder}", "test", cache_root / "fresh", log=lambda s: None)
+    assert train.image_shape == (1, 28, 28)  # most are 28x28, most are grayscale
+    assert train.classes == sorted(CLASS_DIRS)
+    assert int((train.labels >= 0).sum()) == 100 and int((train.labels == -1).sum()) == 400
+    assert len(test) == 200 and bool((test.labels >= 0).all())
+    assert train.defaults == {"labels": "all", "val_size": 0}
+    skipped = train.run_files["skipped_files.json"]
+    assert skipped["count"] == 3
+    assert {s["path"] for s in skipped["files"]} == {"labelled/Bag/truncated.png", "unlabelled/empty.png",
+                                                      "unlabelled/batch1/notes.png"}
+    assert any("3 file(s) skipped" in s for s in lines) and any("truncated.png" in s for s in lines)
+
+
+def test_folder_training_reports_bad_files_and_uses_class_names(folder_run, folder, capsys):
+    out, lines = folder_run
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["labels"] == "all" and cfg["val_size"] == 0 and cfg["image_size"] == [28, 28] and cfg["channels"] == 1
+    skipped = json.loads((out / "skipped_files.json").read_text())
+    assert skipped["count"] == 3 and len(skipped["files"]) == 3
+    assert json.loads((out / "test_files.json").read_text())["how"] == "the test folder"
+    assert any("labelled 100" in s and "unlabelled 500" in s for s in lines)  # the 100 labelled are in the pool too
+    assert any("3 file(s) could not be decoded" in s and "skipped_files.json" in s for s in lines)
+
+    ev_lines = []
+    report = gencls.evaluate(out, log=ev_lines.append)
+    assert not any("decoding" in s for s in ev_lines)  # the training run's cache, under its resolved settings
+    assert set(report["per_class_accuracy"]) == set(CLASS_DIRS) and report["n"] == 200
+    assert report["error"] < 0.6, report["error"]  # chance 0.9; ~0.35-0.45 after these 40 steps
+
+    assert main(["evaluate", str(out)]) == 0
+    assert "Ankle boot:" in capsys.readouterr().out
+    assert main(["evaluate", str(out), "--split", "val"]) == 2  # --val-size 0: said in one line
+    assert "no validation split" in capsys.readouterr().err
+    files = [folder / "test" / "Trouser", folder / "test" / "Sneaker"]
+    assert main(["predict", str(out), *map(str, files), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 40 and {r["class"] for r in rows} <= set(CLASS_DIRS)
+    assert sum(r["class"] == "Trouser" for r in rows[:20]) >= 10  # trousers are the easiest class
+
+    images, how = generate_class(out, "Trouser", n=2, seed=0, max_draws=512)
+    assert how["class"] == "Trouser" and images.shape[1:] == (1, 28, 28)
+    assert main(["generate", str(out), "--n", "6", "--seed", "0", "--out-dir", str(out / "gen")]) == 0
+    names = sorted(p.stem.split("_pred-")[1] for p in (out / "gen").glob("*.png"))
+    assert len(names) == 6 and set(names) <= set(CLASS_DIRS)
+
+
+def test_second_load_comes_from_the_cache(folder, cache_root, folder_run):
+    """The folder_run decoded and cached; a changed file with the same size and time proves nothing is decoded."""
+    target = sorted((folder / "test" / "Bag").iterdir())[0]
+    st = target.stat()
+    before = load_split(f"folder:{folder}", "test", cache_root, log=lambda s: None)
+    original = target.read_bytes()
+    try:
+        with Image.open(target) as im:
+            inverted = Image.fromarray(255 - np.array(im))
+        inverted.save(target, format=Image.registered_extensions()[target.suffix])
+        data = target.read_bytes()
+        if len(data) != st.st_size:  # keep the listing identical: same size (pad) and time
+            target.write_bytes(data[: st.st_size].ljust(st.st_size, b"\0"))
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+        lines = []
+        after = load_split(f"folder:{folder}", "test", cache_root, log=lines.append)
+        assert not any("decoding" in s for s in lines)
+        assert torch.equal(after.images, before.images)
+    finally:
+        target.write_bytes(original)
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a touched file: decoded again
+    caches = sorted((cache_root / "folder_cache").glob("*.safetensors"))
+    lines = []
+    load_split(f"folder:{folder}", "test", cache_root, log=lines.append)
+    assert any("decoding" in s for s in lines)
+    now = sorted((cache_root / "folder_cache").glob("*.safetensors"))
+    assert len(now) == len(caches) and now != caches  # the folder's old cache was replaced
+
+
+def test_class_folders_with_labels_hold_out_a_test_split(tmp_path, fashion_test):
+    x, y = fashion_test.images[:, 0].numpy(), fashion_test.labels.numpy()
+    base = tmp_path / "flat"
+    for c in (0, 1, 7):
+        for j, i in enumerate(np.nonzero(y == c)[0][:40]):
+            write_image(base / CLASS_DIRS[c] / f"{j:02d}", x[i], 0)  # all 28x28 grayscale PNG
+    kw = dict(root=tmp_path / "root", log=lambda s: None, image_size=16, channels=3)
+    train = load_split(f"folder:{base}", "train", **kw)
+    test = load_split(f"folder:{base}", "test", **kw)
+    assert train.image_shape == (3, 16, 16) and len(train) == 96 and len(test) == 24  # 20% of 40 per class
+    assert train.defaults == {} and bool((train.labels >= 0).all())
+    held = train.run_files["test_files.json"]
+    assert "held out" in held["how"] and len(held["files"]) == 24
+    out = gencls.train(method="supervised", dataset=f"folder:{base}", labels=30, image_size=16, channels=3,
+                       batch_size=20, epochs=1, data_root=str(tmp_path / "root"), method_config={"conv_width": 8},
+                       out=str(tmp_path / "run"), **QUIET)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["val_size"] == 9 and cfg["labels"] == 30  # the generic default: 10% of the 96 training images
+    assert json.loads((out / "test_files.json").read_text())["files"] == held["files"]
+    assert gencls.evaluate(out, log=lambda s: None)["n"] == 24
+
+
+def test_folder_mistakes_are_one_line_errors(tmp_path, capsys):
+    (tmp_path / "one" / "cats").mkdir(parents=True)
+    (tmp_path / "one" / "cats" / "a.png").write_bytes(b"")
+    for d in ("cats", "dogs", "unlabelled"):
+        (tmp_path / "no-labelled" / d).mkdir(parents=True)
+    for argv, expected in [
+        (["--dataset", f"folder:{tmp_path / 'missing'}"], "no such folder"),
+        (["--dataset", f"folder:{tmp_path / 'one'}"], "at least two classes"),
+        (["--dataset", f"folder:{tmp_path / 'no-labelled'}"], "no labelled/"),
+        (["--dataset", "digits", "--image-size", "3x"], "--image-size"),
+        (["--dataset", "digits", "--image-size", "2"], "between 4 and 512"),
+        (["--dataset", "digits", "--method", "acgan", "--arch", "conv"], "one set of networks"),
+    ]:
+        assert main(["train", *argv, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and expected in err, err
