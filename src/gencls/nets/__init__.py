@@ -3,9 +3,9 @@ from gencls.nets.autoencoder import (ClassConditionalDecoder, ClassConditionalEn
                                      one_hot)
 from gencls.nets.conv import ConvClassifier, ConvDiscriminator, ConvGenerator
 from gencls.nets.ema import EMA
-from gencls.nets.layers import BiasOnlyBatchNorm1d, GaussianNoise, WNLinear
+from gencls.nets.layers import BiasOnlyBatchNorm1d, GaussianNoise, NoiseBank, WNLinear
 from gencls.nets.mlp import MLPClassifier, MLPGenerator
 
 __all__ = ["EMA", "BiasOnlyBatchNorm1d", "ClassConditionalDecoder", "ClassConditionalEncoder", "ConvClassifier",
-           "ConvDiscriminator", "ConvGenerator", "GaussianNoise", "MLPClassifier", "MLPGenerator", "WNLinear",
+           "ConvDiscriminator", "ConvGenerator", "GaussianNoise", "MLPClassifier", "MLPGenerator", "NoiseBank", "WNLinear",
            "balanced_labels", "make_mlp", "one_hot"]

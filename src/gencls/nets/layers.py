@@ -22,6 +22,36 @@ class GaussianNoise(nn.Module):
         return f"sigma={self.sigma}"
 
 
+class NoiseBank:
+    """Preallocated random buffers, refilled in place each use (``normal_``/``uniform_``).
+
+    ``add_normal(x, sigma)`` is ``x + sigma * randn_like(x)`` and ``uniform(shape)`` is
+    ``torch.rand(shape)``: the same draws from the same generator in the same order, without a
+    new random tensor each call. A buffer is never saved for backward (addition does not keep
+    its inputs), so refilling it later is safe.
+    """
+
+    def __init__(self):
+        self._buffers: dict[tuple, torch.Tensor] = {}
+
+    def _get(self, kind: str, shape, like: torch.Tensor | None = None, device=None) -> torch.Tensor:
+        dtype = like.dtype if like is not None else torch.float32
+        device = like.device if like is not None else device
+        key = (kind, tuple(shape), dtype, str(device))
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = torch.empty(shape, dtype=dtype, device=device)
+        return buf
+
+    def add_normal(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        if sigma <= 0:
+            return x
+        return torch.add(x, self._get("normal", x.shape, like=x).normal_(), alpha=sigma)
+
+    def uniform(self, shape, device=None) -> torch.Tensor:
+        return self._get("uniform", shape, device=device).uniform_()
+
+
 class WNLinear(nn.Module):
     """Weight-normalised dense layer, W = v * g / ||v|| (row-wise), as in Salimans & Kingma 2016.
 

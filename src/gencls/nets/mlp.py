@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gencls.nets.layers import BiasOnlyBatchNorm1d, GaussianNoise, WNLinear
+from gencls.nets.layers import BiasOnlyBatchNorm1d, GaussianNoise, NoiseBank, WNLinear
 
 
 class MLPClassifier(nn.Module):
@@ -26,13 +26,36 @@ class MLPClassifier(nn.Module):
         self.noise = nn.ModuleList(GaussianNoise(hidden_noise) for _ in hidden)
         self.out = WNLinear(dims[-1], num_classes, train_scale=True)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.input_noise(x.flatten(1))
+    def weights(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(W, b) of every layer, the weight normalisation computed once (reuse it across passes)."""
+        return [(layer.weight(), layer.b) for layer in (*self.hidden, self.out)]
+
+    def forward(self, x: torch.Tensor, weights: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                noise: NoiseBank | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``weights`` from ``weights()`` skips recomputing the normalisation; ``noise`` draws the
+        training noise into preallocated buffers (the same numbers as the default path)."""
+        if weights is None and noise is None:
+            h = self.input_noise(x.flatten(1))
+            feat = h
+            for layer, noise_layer in zip(self.hidden, self.noise):
+                feat = F.relu(layer(h))
+                h = noise_layer(feat)
+            return self.out(h), feat
+        weights = self.weights() if weights is None else weights
+        if not self.training:
+            def add(t, s):
+                return t
+        elif noise is not None:
+            add = noise.add_normal
+        else:
+            def add(t, s):
+                return t + torch.randn_like(t) * s if s > 0 else t
+        h = add(x.flatten(1), self.input_noise.sigma)
         feat = h
-        for layer, noise in zip(self.hidden, self.noise):
-            feat = F.relu(layer(h))
-            h = noise(feat)
-        return self.out(h), feat
+        for (w, b), noise_layer in zip(weights[:-1], self.noise):
+            feat = F.linear(h, w, b).relu_()
+            h = add(feat, noise_layer.sigma)
+        return F.linear(h, *weights[-1]), feat
 
     @torch.no_grad()
     def data_init(self, x: torch.Tensor) -> None:
