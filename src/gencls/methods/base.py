@@ -208,6 +208,12 @@ class Method(nn.Module):
         Returns False for an update dropped on the host (a device-side skip still returns True)."""
         return self.guard.step(optimizer, terms)
 
+    def compile_networks(self, **options) -> None:
+        """``torch.compile`` the networks the training step calls (``--compile``); EMA copies stay eager."""
+        for module in self.children():
+            if not isinstance(module, EMA):
+                module.compile(**options)
+
     def ood_score(self, x: torch.Tensor) -> torch.Tensor:
         """Per image: higher means more like the training data. Default: max softmax probability."""
         return self.classify(x).softmax(1).amax(1)

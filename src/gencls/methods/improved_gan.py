@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from gencls.losses import feature_matching_loss, ssl_gan_real_probability, ssl_gan_unlabelled_loss
 from gencls.methods.base import CannotGenerate, Method, register_method
-from gencls.nets import EMA, MLPClassifier, MLPGenerator, NoiseBank
+from gencls.nets import EMA, MLPClassifier, MLPGenerator, NoiseBank, WNLinear
 
 
 @register_method
@@ -28,7 +28,7 @@ class ImprovedGAN(Method):
     latent_distribution = "uniform(0,1)"
     default_config = {"lr": 0.003, "beta1": 0.5, "adam_eps": 1e-4, "unlabelled_weight": 1.0, "ema_decay": 0.999,
                       "hidden": [1000, 500, 250, 250, 250], "nz": 100,
-                      # the optimised step (weight normalisation once per pass, preallocated noise, fused
+                      # the optimised step (weight norm as an output scale, computed once per pass, preallocated
                       # Adam with a sync-free divergence guard); false: the plain reference step
                       "fused": True}
 
@@ -37,6 +37,10 @@ class ImprovedGAN(Method):
         c = self.config
         self.disc = MLPClassifier(math.prod(self.image_shape), num_classes, hidden=tuple(c["hidden"]))
         self.gen = MLPGenerator(self.image_shape, nz=int(c["nz"]))
+        if c["fused"]:  # weight normalisation as a scale of the outputs: W = v g/||v|| is never formed
+            for m in self.modules():
+                if isinstance(m, WNLinear):
+                    m.scale_outputs = True
         self.ema = EMA(self.disc, c["ema_decay"])
         betas = (c["beta1"], 0.999)
         fused = True if c["fused"] else None  # fused Adam: one pass over the weights, skips on device
@@ -93,9 +97,11 @@ class ImprovedGAN(Method):
 
     def _fused_step(self, x_lab, y_lab, x_unl):
         """The same computation as ``_plain_step`` (same random draws in the same order), faster:
-        the discriminator's weight normalisation is computed once for its update pass and once for
-        both generator-step passes, noise goes into preallocated buffers, ReLU runs in place, and
-        the fused Adam steps are guarded on the device without a host sync."""
+        weight normalisation scales the layer outputs (x v^T) g/||v|| instead of forming
+        W = v g/||v|| (fewer passes over the weights, forward and backward), the discriminator's
+        scales are computed once for both generator-step passes, noise goes into preallocated
+        buffers, ReLU runs in place, and the fused Adam steps are guarded on the device without a
+        host sync."""
         b_lab, nz, noise = x_lab.shape[0], self.gen.nz, self._noise
         x_unl_d, x_unl_g = x_unl.flatten(1).chunk(2)
         n_fake, n_gen = x_unl_d.shape[0], x_unl_g.shape[0]

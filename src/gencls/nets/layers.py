@@ -68,10 +68,17 @@ class WNLinear(nn.Module):
         self.g = nn.Parameter(torch.ones(out_features), requires_grad=train_scale)
         self.b = nn.Parameter(torch.zeros(out_features))
 
+    scale_outputs = False  # True: scale the outputs (x v^T) * g/||v|| instead of forming W (faster, same map)
+
+    def scale(self) -> torch.Tensor:
+        return self.g / self.v.norm(dim=1)
+
     def weight(self) -> torch.Tensor:
-        return self.v * (self.g / self.v.norm(dim=1)).unsqueeze(1)
+        return self.v * self.scale().unsqueeze(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scale_outputs:
+            return torch.addcmul(self.b, F.linear(x, self.v), self.scale())
         return F.linear(x, self.weight(), self.b)
 
     @torch.no_grad()

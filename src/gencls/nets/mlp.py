@@ -26,11 +26,13 @@ class MLPClassifier(nn.Module):
         self.noise = nn.ModuleList(GaussianNoise(hidden_noise) for _ in hidden)
         self.out = WNLinear(dims[-1], num_classes, train_scale=True)
 
-    def weights(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(W, b) of every layer, the weight normalisation computed once (reuse it across passes)."""
-        return [(layer.weight(), layer.b) for layer in (*self.hidden, self.out)]
+    def weights(self) -> list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
+        """Per layer ``(W, None, b)``, or ``(v, g/||v||, b)`` for layers that scale their outputs:
+        the weight normalisation computed once, to reuse across passes with the same weights."""
+        return [(layer.v, layer.scale(), layer.b) if layer.scale_outputs else (layer.weight(), None, layer.b)
+                for layer in (*self.hidden, self.out)]
 
-    def forward(self, x: torch.Tensor, weights: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    def forward(self, x: torch.Tensor, weights: list | None = None,
                 noise: NoiseBank | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``weights`` from ``weights()`` skips recomputing the normalisation; ``noise`` draws the
         training noise into preallocated buffers (the same numbers as the default path)."""
@@ -52,10 +54,10 @@ class MLPClassifier(nn.Module):
                 return t + torch.randn_like(t) * s if s > 0 else t
         h = add(x.flatten(1), self.input_noise.sigma)
         feat = h
-        for (w, b), noise_layer in zip(weights[:-1], self.noise):
-            feat = F.linear(h, w, b).relu_()
+        for w, noise_layer in zip(weights[:-1], self.noise):
+            feat = _linear(h, *w).relu_()
             h = add(feat, noise_layer.sigma)
-        return F.linear(h, *weights[-1]), feat
+        return _linear(h, *weights[-1]), feat
 
     @torch.no_grad()
     def data_init(self, x: torch.Tensor) -> None:
@@ -63,6 +65,10 @@ class MLPClassifier(nn.Module):
         for layer, noise in zip(self.hidden, self.noise):
             h = noise(F.relu(layer.data_init(h)))
         self.out.data_init(h)
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, w, b) if scale is None else torch.addcmul(b, F.linear(x, w), scale)
 
 
 class MLPGenerator(nn.Module):
