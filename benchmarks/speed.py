@@ -126,15 +126,17 @@ def measure_variant(variant: str, device: str, precision: str, compile_: bool, c
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     with _GpuSampler(dev) as sampler:
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         for i in range(warmup, total):
             losses = step(i)
         _sync(dev)
-        seconds = time.perf_counter() - t
+        seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
     method.guard.check()
     s_step = seconds / steps
     flops = method.flops_per_step(batch)["total"]
     rec = {"variant": variant, "ms_per_step": 1000 * s_step,
+           # CPU time of all threads per step: on a shared machine, less disturbed by others than wall time
+           "cpu_ms_per_step": 1000 * cpu / steps,
            "seconds_per_epoch": s_step * ITERS_PER_EPOCH,
            "protocol_minutes_300_epochs": s_step * ITERS_PER_EPOCH * PROTOCOL_EPOCHS / 60,
            "images_per_second": batch / s_step, "gflops_per_step": flops / 1e9, "achieved_gflops": flops / s_step / 1e9,

@@ -41,6 +41,7 @@ class ImprovedGAN(Method):
             for m in self.modules():
                 if isinstance(m, WNLinear):
                     m.scale_outputs = True
+            self.gen.fast_softplus = True
         self.ema = EMA(self.disc, c["ema_decay"])
         betas = (c["beta1"], 0.999)
         fused = True if c["fused"] else None  # fused Adam: one pass over the weights, skips on device
@@ -100,8 +101,8 @@ class ImprovedGAN(Method):
         weight normalisation scales the layer outputs (x v^T) g/||v|| instead of forming
         W = v g/||v|| (fewer passes over the weights, forward and backward), the discriminator's
         scales are computed once for both generator-step passes, noise goes into preallocated
-        buffers, ReLU runs in place, and the fused Adam steps are guarded on the device without a
-        host sync."""
+        buffers, ReLU runs in place, the generator's softplus avoids the CPU's scalar log1p, and
+        the fused Adam steps are guarded on the device without a host sync."""
         b_lab, nz, noise = x_lab.shape[0], self.gen.nz, self._noise
         x_unl_d, x_unl_g = x_unl.flatten(1).chunk(2)
         n_fake, n_gen = x_unl_d.shape[0], x_unl_g.shape[0]

