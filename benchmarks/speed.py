@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -58,11 +59,19 @@ class _GpuSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
+        smi = False
         while not self._stop.wait(0.05):
             try:
-                self.samples.append(torch.cuda.utilization(self.device))
-            except Exception:  # noqa: BLE001 -- no NVML: no figure
-                return
+                if not smi:
+                    self.samples.append(torch.cuda.utilization(self.device))
+                else:
+                    out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                          "-i", str(self.device.index or 0)], capture_output=True, text=True, timeout=5)
+                    self.samples.append(float(out.stdout.split()[0]))
+            except Exception:  # noqa: BLE001 -- no pynvml: try nvidia-smi once, then give up
+                if smi:
+                    return
+                smi = True
 
     def __enter__(self):
         if self.device.type == "cuda":
@@ -98,6 +107,7 @@ def measure_variant(variant: str, device: str, precision: str, compile_: bool, c
     method.setup(x_all[torch.randperm(len(x_all), generator=gen)[:500].to(dev)])
     if compile_:
         method.compile_networks()
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     if precision == "bf16":
         def autocast():
             return torch.autocast(dev.type, dtype=torch.bfloat16, cache_enabled=False)
@@ -232,14 +242,16 @@ def _run_child(variant: str, args) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("@@RESULT@@")), None)
     if proc.returncode != 0 or line is None:
-        return {"variant": variant, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+        lines = proc.stderr.strip().splitlines() or ["failed"]
+        errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b", ln)]
+        return {"variant": variant, "error": (errors or lines)[-1][:300]}
     return json.loads(line[len("@@RESULT@@"):])
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks (both variants)")
     p.add_argument("--cuda-graphs", action="store_true", help="capture the optimised step as a CUDA graph")
     p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 60 CPU, 500 CUDA)")
@@ -277,6 +289,7 @@ def main() -> int:
     if args.precision == "bf16":
         result["matmul_peak_bf16"] = matmul_peak(2048 if not cuda else 8192, dev, repeats=5, dtype=torch.bfloat16)
     ref = result["matmul_peak_bf16" if args.precision == "bf16" else "matmul_peak_fp32"]["gflops_best"]
+    # tf32 is compared with the true-fp32 peak: its % can exceed 100 (tensor cores beat fp32 FMA units)
     print(f"matmul peak ({args.precision}): {ref:.1f} GFLOP/s on {result['device']} ({result['threads']} threads)",
           flush=True)
 
@@ -310,7 +323,8 @@ def _print_table(result: dict) -> None:
     heads = ["variant", "ms/step", "s/epoch", "300 ep (min)", "img/s", "GFLOP/s", "% peak", "RSS MB", "GPU %"]
     rows = [[(fmt.format(r[k]) if r.get(k) is not None else "-") for k, fmt in cols] if "error" not in r
             else [r["variant"], "failed: " + r["error"]] for r in result["variants"]]
-    widths = [max(len(h), *(len(row[i]) for row in rows if i < len(row))) for i, h in enumerate(heads)]
+    widths = [max([len(h)] + [len(row[i]) for row in rows if i < len(row) and len(row) > 2])
+              for i, h in enumerate(heads)]
     print("\n" + "  ".join(h.rjust(w) for h, w in zip(heads, widths)))
     for row in rows:
         print("  ".join(c.rjust(w) for c, w in zip(row, widths)))

@@ -140,3 +140,50 @@ def test_gpu_options_are_validated(tmp_path):
                            "--cuda-graphs"], capture_output=True, text=True)
     assert proc.returncode != 0 and "--cuda-graphs needs a CUDA device" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+def test_cuda_device_guard_masks_the_update_without_a_sync():
+    _, m = _pair()
+    m = m.cuda()
+    m.guard.lazy = True
+    x, y, u = (t.cuda() for t in _batch(8))
+    m.train_step(x, y, u)
+    before = {k: v.clone() for k, v in m.state_dict().items() if k.startswith("disc.")}
+    xn, yn, un = (t.cuda() for t in _nan_batch())
+    m.train_step(xn, yn, un)
+    after = m.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    with pytest.raises(NonFiniteError, match="loss_lab is not finite"):
+        m.guard.check()
+
+
+@cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_graph_step_trains_counts_and_skips(precision):
+    from gencls.training.trainer import _GraphedStep
+
+    _, m = _pair()
+    m = m.cuda()
+    m.guard.policy, m.guard.lazy = "skip", True
+    x_all, y_all = torch.rand(400, *SHAPE, device="cuda"), torch.randint(0, 10, (400,), device="cuda")
+    x_all[399, 0, 0, 0] = float("nan")  # one poisoned image
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)) if precision == "bf16" \
+        else __import__("contextlib").nullcontext
+    step = _GraphedStep(m, x_all, y_all, autocast)
+    g = torch.Generator().manual_seed(0)
+    w0 = m.disc.out.v.clone()
+    for i in range(12):
+        li = torch.randint(0, 399, (8,), generator=g).cuda()
+        if i == 9:  # a replayed step with the poisoned image: dropped on the device
+            li[0] = 399
+        ui = torch.randint(0, 399, (16,), generator=g).cuda()
+        losses = step(li, ui)
+        assert set(losses) == {"loss_lab", "loss_unl", "loss_gen", "train_err"}
+    assert step.graph is not None  # steps 4.. were replays
+    assert m.guard.skipped == 1 and m.ema.updates == 12
+    assert not torch.equal(w0, m.disc.out.v) and torch.isfinite(m.disc.out.v).all()
+    assert torch.isfinite(losses["loss_gen"]).all()

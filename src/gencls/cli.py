@@ -122,8 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--on-nan", choices=["stop", "skip"], help="a NaN/inf loss or exploding gradient: stop (default) "
                    "or skip the batch")
     t.add_argument("--max-grad-norm", type=_positive_float, help="gradient norm counted as exploding (default 1e6)")
-    t.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: autocast matrix products to bfloat16 "
-                   "(losses, normalisation, optimizer and EMA stay fp32; default fp32)")
+    t.add_argument("--precision", choices=["fp32", "tf32", "bf16"], help="bf16: autocast matrix products to "
+                   "bfloat16 (losses, normalisation, optimizer and EMA stay fp32); tf32: fp32 matrix products on "
+                   "TF32 tensor cores (CUDA; the same as fp32 on the CPU); default fp32")
     t.add_argument("--compile", action="store_const", const=True, help="torch.compile the networks (slow start)")
     t.add_argument("--cuda-graphs", action="store_const", const=True,
                    help="replay the whole training step as one CUDA graph (CUDA only)")

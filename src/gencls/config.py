@@ -31,7 +31,7 @@ class TrainConfig:
     keep: int = 0  # keep the checkpoints of the last K epochs besides last and best
     on_nan: str = "stop"  # a non-finite loss or exploding gradient: "stop" or "skip" the batch
     max_grad_norm: float = 1e6  # a gradient norm above this counts as exploding
-    precision: str = "fp32"  # "bf16": autocast the networks' matrix products to bfloat16
+    precision: str = "fp32"  # "bf16": autocast matrix products to bfloat16; "tf32": TF32 tensor cores (CUDA)
     compile: bool = False  # torch.compile the networks of the training step
     cuda_graphs: bool = False  # capture the whole training step as one CUDA graph (CUDA only)
 
@@ -64,8 +64,8 @@ class TrainConfig:
             raise GenclsError(f"--on-nan {self.on_nan}: stop or skip")
         if not self.max_grad_norm > 0:
             raise GenclsError(f"--max-grad-norm {self.max_grad_norm}: must be positive")
-        if self.precision not in ("fp32", "bf16"):
-            raise GenclsError(f"--precision {self.precision}: fp32 or bf16")
+        if self.precision not in ("fp32", "tf32", "bf16"):
+            raise GenclsError(f"--precision {self.precision}: fp32, tf32 or bf16")
         if self.cuda_graphs and not str(self.device).startswith(("cuda", "auto")):
             raise GenclsError(f"--cuda-graphs needs a CUDA device (--device {self.device})")
         if self.threads is not None and self.threads < 1:

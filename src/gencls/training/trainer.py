@@ -252,6 +252,8 @@ def train(config: TrainConfig | dict, resume: bool = False, overwrite: bool = Fa
             return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
     else:
         autocast = contextlib.nullcontext
+    matmul_precision = torch.get_float32_matmul_precision()
+    torch.backends.cuda.matmul.allow_tf32 = cfg.precision == "tf32"  # restored at the end
     if not resume:
         _make_run_dir(out, overwrite, need_bytes=(2 + cfg.keep) * checkpoint_bytes_estimate(method) + 2**20)
 
@@ -419,4 +421,5 @@ def train(config: TrainConfig | dict, resume: bool = False, overwrite: bool = Fa
                               f"`gencls train --resume --out {out}`", exit_code=130) from None
     finally:
         runlog.close()
+        torch.set_float32_matmul_precision(matmul_precision)
     return out
