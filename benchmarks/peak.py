@@ -47,7 +47,8 @@ def matmul_peak(n: int = 2048, device: str | torch.device = "cpu", repeats: int 
         torch.backends.cuda.matmul.allow_tf32 = old_tf32
     flop = 2.0 * n ** 3
     return {"gflops_best": flop / min(times) / 1e9, "gflops_median": flop / statistics.median(times) / 1e9,
-            "n": n, "threads": torch.get_num_threads(), "device": str(device), "dtype": str(dtype).replace("torch.", "")}
+            "n": n, "threads": torch.get_num_threads(), "device": str(device),
+            "dtype": str(dtype).replace("torch.", "")}
 
 
 def main() -> int:

@@ -251,6 +251,9 @@ class Method(nn.Module):
                 opt.load_state_dict(state["optimizers"][k])
                 for g, h in zip(opt.param_groups, how):
                     g.update(h)
+                    for p in g["params"] if h["fused"] or h["capturable"] else ():  # their step lives by the weight
+                        if "step" in opt.state.get(p, {}):
+                            opt.state[p]["step"] = opt.state[p]["step"].to(p.device, torch.float32)
         self.load_extra_state(state.get("extra", {}))
 
     @contextlib.contextmanager

@@ -7,5 +7,5 @@ from gencls.nets.layers import BiasOnlyBatchNorm1d, GaussianNoise, NoiseBank, WN
 from gencls.nets.mlp import MLPClassifier, MLPGenerator
 
 __all__ = ["EMA", "BiasOnlyBatchNorm1d", "ClassConditionalDecoder", "ClassConditionalEncoder", "ConvClassifier",
-           "ConvDiscriminator", "ConvGenerator", "GaussianNoise", "MLPClassifier", "MLPGenerator", "NoiseBank", "WNLinear",
-           "balanced_labels", "make_mlp", "one_hot"]
+           "ConvDiscriminator", "ConvGenerator", "GaussianNoise", "MLPClassifier", "MLPGenerator", "NoiseBank",
+           "WNLinear", "balanced_labels", "make_mlp", "one_hot"]

@@ -252,8 +252,6 @@ def train(config: TrainConfig | dict, resume: bool = False, overwrite: bool = Fa
             return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
     else:
         autocast = contextlib.nullcontext
-    matmul_precision = torch.get_float32_matmul_precision()
-    torch.backends.cuda.matmul.allow_tf32 = cfg.precision == "tf32"  # restored at the end
     if not resume:
         _make_run_dir(out, overwrite, need_bytes=(2 + cfg.keep) * checkpoint_bytes_estimate(method) + 2**20)
 
@@ -330,8 +328,10 @@ def train(config: TrainConfig | dict, resume: bool = False, overwrite: bool = Fa
                                   "the previous complete checkpoint is kept") from None
 
     run_step = _GraphedStep(method, x_all, y_all, autocast) if cfg.cuda_graphs else None
+    matmul_precision = torch.get_float32_matmul_precision()
     t_start = time.time()
     try:
+        torch.backends.cuda.matmul.allow_tf32 = cfg.precision == "tf32"  # restored at the end
         with _StopSignals() as signals:
             while epoch <= cfg.epochs:
                 t0 = time.time()
