@@ -187,3 +187,17 @@ def test_cuda_graph_step_trains_counts_and_skips(precision):
     assert m.guard.skipped == 1 and m.ema.updates == 12
     assert not torch.equal(w0, m.disc.out.v) and torch.isfinite(m.disc.out.v).all()
     assert torch.isfinite(losses["loss_gen"]).all()
+
+
+def test_state_moves_between_the_plain_and_the_fused_variant():
+    """A checkpoint of one variant loads into the other; each keeps its own kind of Adam."""
+    plain, fused = _pair(hidden=(32, 16))
+    x, y, u = _batch(8)
+    plain.train_step(x, y, u)
+    fused.train_step(x, y, u)
+    fused.load_state(plain.state())
+    fused.train_step(x, y, u)
+    assert fused.opt_d.param_groups[0]["fused"] and int(fused.opt_d.state[fused.disc.out.v]["step"]) == 2
+    plain.load_state(fused.state())
+    plain.train_step(x, y, u)
+    assert not plain.opt_d.param_groups[0]["fused"] and int(plain.opt_d.state[plain.disc.out.v]["step"]) == 3
