@@ -272,6 +272,8 @@ def main() -> int:
     cuda = args.device.startswith("cuda")
     if args.cuda_graphs and not cuda:
         p.error("--cuda-graphs needs --device cuda")
+    if cuda and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: CUDA is not available on this machine")
     if args.steps is None:
         args.steps = 500 if cuda else 60
     if args.warmup is None:
