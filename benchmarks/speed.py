@@ -254,7 +254,7 @@ def main() -> int:
     p.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks (both variants)")
     p.add_argument("--cuda-graphs", action="store_true", help="capture the optimised step as a CUDA graph")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 60 CPU, 500 CUDA)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 150 CPU, 500 CUDA)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5; 20 with --compile)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     p.add_argument("--variants", default="plain,fused")
@@ -275,7 +275,7 @@ def main() -> int:
     if cuda and not torch.cuda.is_available():
         p.error(f"--device {args.device}: CUDA is not available on this machine")
     if args.steps is None:
-        args.steps = 500 if cuda else 60
+        args.steps = 500 if cuda else 150
     if args.warmup is None:
         args.warmup = 20 if args.compile else 5
     if args.child:
