@@ -15,7 +15,7 @@ DEMO_RUN    ?= runs/demo
 # Installed only when missing; playwright drives /usr/bin/chromium and never downloads a browser.
 APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: setup system-deps demo test bench bench-generation compare compare-fashion clean
+.PHONY: setup system-deps demo test bench bench-speed bench-generation compare compare-fashion clean
 
 setup: system-deps $(STAMP)
 
@@ -70,6 +70,10 @@ compare-fashion: setup
 	done
 
 # The generation table and per-class grids in docs/ (acgan 100 / all labels, improved-gan 100 labels).
+bench-speed: setup
+	$(PY) benchmarks/peak.py
+	$(PY) benchmarks/speed.py --out runs/speed.json
+
 bench-generation: setup
 	$(PY) benchmarks/generation_table.py --minutes 4 --threads 1 --docs docs
 

@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--on-nan", choices=["stop", "skip"], help="a NaN/inf loss or exploding gradient: stop (default) "
                    "or skip the batch")
     t.add_argument("--max-grad-norm", type=_positive_float, help="gradient norm counted as exploding (default 1e6)")
+    t.add_argument("--precision", choices=["fp32", "tf32", "bf16"], help="bf16: autocast matrix products to "
+                   "bfloat16 (losses, normalisation, optimizer and EMA stay fp32); tf32: fp32 matrix products on "
+                   "TF32 tensor cores (CUDA; the same as fp32 on the CPU); default fp32")
+    t.add_argument("--compile", action="store_const", const=True, help="torch.compile the networks (slow start)")
+    t.add_argument("--cuda-graphs", action="store_const", const=True,
+                   help="replay the whole training step as one CUDA graph (CUDA only)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="delete an existing run in --out first")
     t.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bar")
@@ -262,7 +268,8 @@ def cmd_data(args) -> int:
 
 TRAIN_FLAGS = ("method", "dataset", "labels", "val_size", "subset", "epochs", "minutes", "batch_size", "seed",
                "data_seed", "device", "out", "data_root", "threads", "progress", "tensorboard", "checkpoint_every",
-               "keep", "on_nan", "max_grad_norm", "image_size", "channels", "arch")
+               "keep", "on_nan", "max_grad_norm", "image_size", "channels", "arch", "precision", "compile",
+               "cuda_graphs")
 
 
 def cmd_train(args) -> int:

@@ -34,6 +34,9 @@ class TrainConfig:
     image_size: list[int] | None = None  # [H, W] to resize the images to; None: the dataset's (saved resolved)
     channels: int | None = None  # 1 or 3; None: the dataset's (saved resolved)
     arch: str | None = None  # networks of methods that have a choice: auto, mlp or conv (method setting "arch")
+    precision: str = "fp32"  # "bf16": autocast matrix products to bfloat16; "tf32": TF32 tensor cores (CUDA)
+    compile: bool = False  # torch.compile the networks of the training step
+    cuda_graphs: bool = False  # capture the whole training step as one CUDA graph (CUDA only)
 
     def validate(self) -> "TrainConfig":
         from gencls.data.datasets import parse_image_size
@@ -73,6 +76,10 @@ class TrainConfig:
             raise GenclsError(f"--on-nan {self.on_nan}: stop or skip")
         if not self.max_grad_norm > 0:
             raise GenclsError(f"--max-grad-norm {self.max_grad_norm}: must be positive")
+        if self.precision not in ("fp32", "tf32", "bf16"):
+            raise GenclsError(f"--precision {self.precision}: fp32, tf32 or bf16")
+        if self.cuda_graphs and not str(self.device).startswith(("cuda", "auto")):
+            raise GenclsError(f"--cuda-graphs needs a CUDA device (--device {self.device})")
         if self.threads is not None and self.threads < 1:
             raise GenclsError(f"--threads {self.threads}: must be at least 1")
         return self

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -42,12 +41,114 @@ class NonFiniteError(GenclsError):
     """A loss term or gradient norm is NaN, infinite or exploding (with the guard's policy "stop")."""
 
 
-@dataclass
 class StepGuard:
-    """What ``Method.optimizer_step`` does with a non-finite loss or an exploding gradient norm."""
-    policy: str = "stop"  # "stop": raise NonFiniteError; "skip": drop the update and count it
-    max_grad_norm: float = 1e6
-    skipped: int = 0
+    """What ``Method.optimizer_step`` does with a non-finite loss or an exploding gradient norm.
+
+    policy "stop" raises ``NonFiniteError`` (naming the term and its value); "skip" drops the
+    update and counts it in ``skipped``. For optimizers built with ``fused=True`` the check runs
+    on the device without a host sync: the flag goes to the optimizer as ``found_inf`` (fused
+    Adam then leaves weights, moments and step count untouched), skipped steps are counted on the
+    device, and after a "stop" failure every later update is masked too. The host looks at the
+    flags in ``check()``: after every step unless ``lazy``; a lazy guard's owner (the trainer)
+    calls ``check()`` every few steps, before any checkpoint and at epoch ends, so no update after
+    a failure is ever applied or saved. Other optimizers take one host sync per step.
+    """
+
+    def __init__(self, policy: str = "stop", max_grad_norm: float = 1e6, skipped: int = 0, lazy: bool = False):
+        self.policy = policy
+        self.max_grad_norm = max_grad_norm
+        self.lazy = lazy
+        self._skipped = int(skipped)
+        self._dev: dict[str, torch.Tensor] = {}  # device counters: "skipped", "halted"
+        self._records: dict[int, dict] = {}  # per optimizer: names, count, first bad count, values then
+
+    @property
+    def skipped(self) -> int:
+        """Updates dropped so far (a host sync when device-side counting is in use)."""
+        return self._skipped + (int(self._dev["skipped"]) if self._dev else 0)
+
+    @skipped.setter
+    def skipped(self, value: int) -> None:
+        self._skipped = int(value)
+        if self._dev:
+            self._dev["skipped"].zero_()
+
+    def step(self, optimizer: torch.optim.Optimizer, terms: dict[str, torch.Tensor]) -> bool:
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if grads:
+            gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        else:
+            gnorm = torch.zeros((), device=next(iter(terms.values())).device if terms else None)
+        values = torch.stack([t.detach().float().reshape(()) for t in terms.values()] + [gnorm.float()])
+        names = [*terms, "gradient norm"]
+        if all(g.get("fused") for g in optimizer.param_groups):
+            self._device_step(optimizer, names, values)
+            if not self.lazy:
+                self.check()
+            return True
+        return self._host_step(optimizer, names, values.tolist())
+
+    def _host_step(self, optimizer, names: list[str], values: list[float]) -> bool:
+        bad = next(((n, v) for n, v in zip(names, values) if not math.isfinite(v)), None)
+        if bad is None and values[-1] > self.max_grad_norm:
+            bad = ("gradient norm", values[-1])
+        if bad is None:
+            optimizer.step()
+            return True
+        if self.policy == "stop":
+            raise _non_finite(*bad, steps_ago=0)
+        optimizer.zero_grad(set_to_none=True)
+        self._skipped += 1
+        return False
+
+    def _device_step(self, optimizer, names: list[str], values: torch.Tensor) -> None:
+        dev = values.device
+        if not self._dev or self._dev["skipped"].device != dev:
+            self._dev = {"skipped": torch.zeros((), dtype=torch.int64, device=dev),
+                         "halted": torch.zeros((), dtype=torch.bool, device=dev)}
+            self._records = {}
+        rec = self._records.get(id(optimizer))
+        if rec is None or rec["values"].shape != values.shape:
+            rec = self._records[id(optimizer)] = {
+                "names": names, "count": torch.zeros((), dtype=torch.int64, device=dev),
+                "first": torch.full((), -1, dtype=torch.int64, device=dev), "values": torch.zeros_like(values),
+                "found_inf": torch.zeros((), device=dev)}
+        bad = (~torch.isfinite(values)).any() | (values[-1] > self.max_grad_norm)
+        rec["count"].add_(1)
+        new = bad & (rec["first"] < 0)
+        rec["first"].copy_(torch.where(new, rec["count"], rec["first"]))
+        rec["values"].copy_(torch.where(new, values, rec["values"]))
+        if self.policy == "stop":
+            self._dev["halted"].logical_or_(bad)
+            rec["found_inf"].copy_(self._dev["halted"])
+        else:
+            self._dev["skipped"].add_(bad)
+            rec["found_inf"].copy_(bad)
+        optimizer.found_inf = rec["found_inf"]  # fused Adam skips the whole update where it is 1
+        optimizer.step()
+
+    def check(self) -> None:
+        """Raise ``NonFiniteError`` (policy "stop") if a device-side check failed since the start;
+        ``steps_ago`` on the error says how many steps of that optimizer ago it was. One host sync."""
+        if self.policy != "stop" or not self._records:
+            return
+        recs = list(self._records.values())
+        info = torch.stack([torch.stack([r["first"], r["count"]]) for r in recs]).tolist()
+        failed = [(first, count, r) for (first, count), r in zip(info, recs) if first >= 0]
+        if not failed:
+            return
+        first, count, rec = max(failed, key=lambda f: f[1] - f[0])  # the earliest failure
+        values = rec["values"].tolist()
+        name, value = next(((n, v) for n, v in zip(rec["names"], values) if not math.isfinite(v)),
+                           ("gradient norm", values[-1]))
+        raise _non_finite(name, value, steps_ago=count - first)
+
+
+def _non_finite(name: str, value: float, steps_ago: int) -> NonFiniteError:
+    what = "exploded" if math.isfinite(value) else "is not finite"
+    err = NonFiniteError(f"{name} {what} ({value:.4g})")
+    err.steps_ago = steps_ago
+    return err
 
 
 class Method(nn.Module):
@@ -106,27 +207,19 @@ class Method(nn.Module):
     def optimizer_step(self, optimizer: torch.optim.Optimizer, terms: dict[str, torch.Tensor]) -> bool:
         """Step ``optimizer`` on the gradients in ``.grad`` unless a loss term in ``terms`` or the
         gradient norm is not finite or above ``guard.max_grad_norm``; then raise (policy "stop")
-        or drop the update and count it (policy "skip"). One host sync per call.
+        or drop the update and count it (policy "skip"). See ``StepGuard`` for when the host syncs.
+        Returns False for an update dropped on the host (a device-side skip still returns True).
         Under data-parallel training the gradients and terms are first averaged over the processes
         (``grad_sync``), so every process takes the same step and the same decision."""
         if self.grad_sync is not None:
             terms = self.grad_sync(optimizer, terms)
-        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
-        names = [*terms, "gradient norm"]
-        values = torch.stack([t.detach().float().reshape(()) for t in terms.values()] + [gnorm.float()]).tolist()
-        bad = next(((n, v) for n, v in zip(names, values) if not math.isfinite(v)), None)
-        if bad is None and values[-1] > self.guard.max_grad_norm:
-            bad = ("gradient norm", values[-1])
-        if bad is None:
-            optimizer.step()
-            return True
-        if self.guard.policy == "stop":
-            what = "exploded" if math.isfinite(bad[1]) else "is not finite"
-            raise NonFiniteError(f"{bad[0]} {what} ({bad[1]:.4g})")
-        optimizer.zero_grad(set_to_none=True)
-        self.guard.skipped += 1
-        return False
+        return self.guard.step(optimizer, terms)
+
+    def compile_networks(self, **options) -> None:
+        """``torch.compile`` the networks the training step calls (``--compile``); EMA copies stay eager."""
+        for module in self.children():
+            if not isinstance(module, EMA):
+                module.compile(**options)
 
     def ood_score(self, x: torch.Tensor) -> torch.Tensor:
         """Per image: higher means more like the training data. Default: max softmax probability."""
@@ -160,7 +253,14 @@ class Method(nn.Module):
         self.load_state_dict(state["modules"])
         if with_optimizers:
             for k, opt in self.optimizers().items():
+                # how the update runs is this method's choice, not the checkpoint's
+                how = [{h: g.get(h) for h in ("fused", "foreach", "capturable")} for g in opt.param_groups]
                 opt.load_state_dict(state["optimizers"][k])
+                for g, h in zip(opt.param_groups, how):
+                    g.update(h)
+                    for p in g["params"] if h["fused"] or h["capturable"] else ():  # their step lives by the weight
+                        if "step" in opt.state.get(p, {}):
+                            opt.state[p]["step"] = opt.state[p]["step"].to(p.device, torch.float32)
         self.load_extra_state(state.get("extra", {}))
 
     @contextlib.contextmanager

@@ -17,9 +17,18 @@ class EMA(nn.Module):
     def __init__(self, model: nn.Module, decay: float = 0.999):
         super().__init__()
         self.decay = decay
-        self.updates = 0
+        self._updates = 0
+        self._count: torch.Tensor | None = None  # the update count on a CUDA device (no host sync)
         self.shadow = copy.deepcopy(model).eval()
         self.shadow.requires_grad_(False)
+
+    @property
+    def updates(self) -> int:
+        return self._updates if self._count is None else int(self._count)
+
+    @updates.setter
+    def updates(self, value: int) -> None:
+        self._updates, self._count = int(value), None
 
     @torch.no_grad()
     def reset(self, model: nn.Module) -> None:
@@ -28,11 +37,18 @@ class EMA(nn.Module):
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         src = list(model.parameters())
         dst = list(self.shadow.parameters())
-        torch._foreach_lerp_(dst, src, 1.0 - d)
+        if dst and dst[0].is_cuda:  # count and decay on the device: no sync, capturable in a CUDA graph
+            if self._count is None or self._count.device != dst[0].device:
+                self._count = torch.tensor(self._updates, dtype=torch.int64, device=dst[0].device)
+            self._count.add_(1)
+            w = 1.0 - ((1 + self._count) / (10 + self._count)).clamp_(max=self.decay)
+            torch._foreach_lerp_(dst, src, [w] * len(dst))
+        else:
+            self._updates += 1
+            d = min(self.decay, (1 + self._updates) / (10 + self._updates))
+            torch._foreach_lerp_(dst, src, 1.0 - d)
         for b_dst, b_src in zip(self.shadow.buffers(), model.buffers()):
             b_dst.copy_(b_src)
 

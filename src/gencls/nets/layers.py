@@ -22,6 +22,45 @@ class GaussianNoise(nn.Module):
         return f"sigma={self.sigma}"
 
 
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + e^x) as relu(x) + log(1 + e^-|x|): on the CPU about 3x faster forward and backward
+    than ``F.softplus``, whose ``log1p`` is not vectorised (differs by < 1e-6; for x < -17 it
+    gives 0 instead of e^x < 4e-8). On CUDA, where one kernel beats five, it is ``F.softplus``."""
+    if x.is_cuda:
+        return F.softplus(x)
+    return x.relu() + x.abs().neg_().exp().add(1).log()
+
+
+class NoiseBank:
+    """Preallocated random buffers, refilled in place each use (``normal_``/``uniform_``).
+
+    ``add_normal(x, sigma)`` is ``x + sigma * randn_like(x)`` and ``uniform(shape)`` is
+    ``torch.rand(shape)``: the same draws from the same generator in the same order, without a
+    new random tensor each call. A buffer is never saved for backward (addition does not keep
+    its inputs), so refilling it later is safe.
+    """
+
+    def __init__(self):
+        self._buffers: dict[tuple, torch.Tensor] = {}
+
+    def _get(self, kind: str, shape, like: torch.Tensor | None = None, device=None) -> torch.Tensor:
+        dtype = like.dtype if like is not None else torch.float32
+        device = like.device if like is not None else device
+        key = (kind, tuple(shape), dtype, str(device))
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = torch.empty(shape, dtype=dtype, device=device)
+        return buf
+
+    def add_normal(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        if sigma <= 0:
+            return x
+        return torch.add(x, self._get("normal", x.shape, like=x).normal_(), alpha=sigma)
+
+    def uniform(self, shape, device=None) -> torch.Tensor:
+        return self._get("uniform", shape, device=device).uniform_()
+
+
 class WNLinear(nn.Module):
     """Weight-normalised dense layer, W = v * g / ||v|| (row-wise), as in Salimans & Kingma 2016.
 
@@ -38,10 +77,17 @@ class WNLinear(nn.Module):
         self.g = nn.Parameter(torch.ones(out_features), requires_grad=train_scale)
         self.b = nn.Parameter(torch.zeros(out_features))
 
+    scale_outputs = False  # True: scale the outputs (x v^T) * g/||v|| instead of forming W (faster, same map)
+
+    def scale(self) -> torch.Tensor:
+        return self.g / self.v.norm(dim=1)
+
     def weight(self) -> torch.Tensor:
-        return self.v * (self.g / self.v.norm(dim=1)).unsqueeze(1)
+        return self.v * self.scale().unsqueeze(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scale_outputs:
+            return torch.addcmul(self.b, F.linear(x, self.v), self.scale())
         return F.linear(x, self.weight(), self.b)
 
     @torch.no_grad()

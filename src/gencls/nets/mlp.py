@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gencls.nets.layers import BiasOnlyBatchNorm1d, GaussianNoise, WNLinear
+from gencls.nets.layers import BiasOnlyBatchNorm1d, GaussianNoise, NoiseBank, WNLinear, softplus
 
 
 class MLPClassifier(nn.Module):
@@ -26,13 +26,38 @@ class MLPClassifier(nn.Module):
         self.noise = nn.ModuleList(GaussianNoise(hidden_noise) for _ in hidden)
         self.out = WNLinear(dims[-1], num_classes, train_scale=True)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.input_noise(x.flatten(1))
+    def weights(self) -> list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
+        """Per layer ``(W, None, b)``, or ``(v, g/||v||, b)`` for layers that scale their outputs:
+        the weight normalisation computed once, to reuse across passes with the same weights."""
+        return [(layer.v, layer.scale(), layer.b) if layer.scale_outputs else (layer.weight(), None, layer.b)
+                for layer in (*self.hidden, self.out)]
+
+    def forward(self, x: torch.Tensor, weights: list | None = None,
+                noise: NoiseBank | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``weights`` from ``weights()`` skips recomputing the normalisation; ``noise`` draws the
+        training noise into preallocated buffers (the same numbers as the default path)."""
+        if weights is None and noise is None:
+            h = self.input_noise(x.flatten(1))
+            feat = h
+            for layer, noise_layer in zip(self.hidden, self.noise):
+                feat = F.relu(layer(h))
+                h = noise_layer(feat)
+            return self.out(h), feat
+        weights = self.weights() if weights is None else weights
+        if not self.training:
+            def add(t, s):
+                return t
+        elif noise is not None:
+            add = noise.add_normal
+        else:
+            def add(t, s):
+                return t + torch.randn_like(t) * s if s > 0 else t
+        h = add(x.flatten(1), self.input_noise.sigma)
         feat = h
-        for layer, noise in zip(self.hidden, self.noise):
-            feat = F.relu(layer(h))
-            h = noise(feat)
-        return self.out(h), feat
+        for w, noise_layer in zip(weights[:-1], self.noise):
+            feat = _linear(h, *w).relu_()
+            h = add(feat, noise_layer.sigma)
+        return _linear(h, *weights[-1]), feat
 
     @torch.no_grad()
     def data_init(self, x: torch.Tensor) -> None:
@@ -40,6 +65,10 @@ class MLPClassifier(nn.Module):
         for layer, noise in zip(self.hidden, self.noise):
             h = noise(F.relu(layer.data_init(h)))
         self.out.data_init(h)
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, w, b) if scale is None else torch.addcmul(b, F.linear(x, w), scale)
 
 
 class MLPGenerator(nn.Module):
@@ -63,7 +92,10 @@ class MLPGenerator(nn.Module):
     def sample_z(self, n: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.rand(n, self.nz, device=device, generator=generator)
 
+    fast_softplus = False  # True: layers.softplus (faster on the CPU, equal to float precision)
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = F.softplus(self.bn1(self.fc1(z)))
-        h = F.softplus(self.bn2(self.fc2(h)))
+        act = softplus if self.fast_softplus else F.softplus
+        h = act(self.bn1(self.fc1(z)))
+        h = act(self.bn2(self.fc2(h)))
         return torch.sigmoid(self.out(h)).view(-1, *self.image_shape)

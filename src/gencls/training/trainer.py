@@ -12,6 +12,7 @@ process trains on its slice of every batch, rank 0 alone validates, logs and wri
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import signal
@@ -39,8 +40,10 @@ from gencls.utils import atomic_write_json, read_json
 # Settings a resumed run may change; everything else comes from the run's config.json.
 RESUMABLE_OVERRIDES = ("epochs", "minutes", "progress", "sample_every", "tensorboard", "checkpoint_every",
                        "keep", "on_nan", "max_grad_norm")
+HOW_TO_RUN = ("device", "threads", "precision", "compile", "cuda_graphs")
 INIT_BATCH = 500  # images for the data-dependent initialisation
 EVAL_BATCH = 1000
+LOG_EVERY = 50  # steps between progress updates (the only host syncs inside an epoch)
 SAMPLE_SEED = 12345
 
 
@@ -90,14 +93,14 @@ def _resolve_config(config: TrainConfig | dict, resume: bool) -> TrainConfig:
     out = Path(given["out"])
     _check_out_dir(out, resume=True, overwrite=False)
     saved = TrainConfig.from_dict(read_json(out / "config.json"))
-    ignored = sorted(k for k, v in given.items() if k not in ("out", *RESUMABLE_OVERRIDES, "device", "threads")
+    ignored = sorted(k for k, v in given.items() if k not in ("out", *RESUMABLE_OVERRIDES, *HOW_TO_RUN)
                      and v is not None and v != getattr(saved, k, v))
     if ignored:
         raise GenclsError(f"--resume: {', '.join(ignored)} cannot change in a resumed run "
                           f"(they are fixed by {out / 'config.json'})")
     overrides = {k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES and v is not None}
     cfg = replace(saved, out=str(out), **overrides)
-    for k in ("device", "threads"):  # where to run may change; the numbers then may differ slightly
+    for k in HOW_TO_RUN:  # where and how to run may change; the numbers then may differ slightly
         if given.get(k) is not None:
             setattr(cfg, k, given[k])
     return cfg.validate()
@@ -143,6 +146,56 @@ def error_rate(method, x: torch.Tensor, y: torch.Tensor) -> float | None:
     if len(y) == 0:
         return None
     return float((predict_logits(method, x, EVAL_BATCH).argmax(1) != y).float().mean())
+
+
+class _GraphedStep:
+    """The training step captured once as a CUDA graph and replayed (``--cuda-graphs``).
+
+    The batch indices are copied into static index tensors that the graph gathers from the
+    dataset on the device; the returned loss tensors are the graph's static outputs (consume
+    them before the next call). A few eager warm-up steps on a side stream first (they are real
+    steps: they create the optimizer state and the preallocated buffers), as PyTorch requires.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, method, x_all, y_all, autocast):
+        self.method, self.x_all, self.y_all, self.autocast = method, x_all, y_all, autocast
+        self.graph, self.calls = None, 0
+
+    def _step(self, li, ui):
+        with self.autocast():
+            return self.method.train_step(self.x_all[li], self.y_all[li], None if ui is None else self.x_all[ui])
+
+    def __call__(self, li, ui):
+        self.calls += 1
+        if self.calls <= self.WARMUP:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                out = self._step(li, ui)
+            torch.cuda.current_stream().wait_stream(side)
+            return out
+        if self.graph is None:
+            self.li, self.ui = li.clone(), None if ui is None else ui.clone()
+            for opt in self.method.optimizers().values():
+                for g in opt.param_groups:
+                    g["capturable"] = True
+            for opt in self.method.optimizers().values():
+                opt.zero_grad(set_to_none=True)
+            self.graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(self.graph):
+                    self.out = self._step(self.li, self.ui)
+            except Exception as e:  # noqa: BLE001 -- any capture failure means: not capturable
+                raise GenclsError(f"--cuda-graphs: the training step of method {self.method.name} cannot be "
+                                  f"captured as a CUDA graph ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                                  "run without --cuda-graphs") from None
+        self.li.copy_(li)
+        if ui is not None:
+            self.ui.copy_(ui)
+        self.graph.replay()
+        return self.out
 
 
 class _StopSignals:
@@ -211,6 +264,19 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
     torch.manual_seed(cfg.seed)
     method = create_method(cfg.method, cfg.method_config, data.image_shape, len(data.classes)).to(device)
     method.guard.policy, method.guard.max_grad_norm = cfg.on_nan, cfg.max_grad_norm
+    method.guard.lazy = True  # checked every LOG_EVERY steps, before checkpoints and at epoch ends
+    if cfg.cuda_graphs and device.type != "cuda":
+        raise GenclsError(f"--cuda-graphs needs a CUDA device; this run is on {device}")
+    if cfg.cuda_graphs and world > 1:
+        raise GenclsError("--cuda-graphs cannot be used with several processes: the gradient all-reduce "
+                          "runs between the captured steps; leave it out under torchrun")
+    if cfg.compile:
+        method.compile_networks()
+    if cfg.precision == "bf16":
+        def autocast():
+            return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
+    else:
+        autocast = contextlib.nullcontext
     if not resume:
         ddp.on_main(lambda: _make_run_dir(out, overwrite, (2 + cfg.keep) * checkpoint_bytes_estimate(method) + 2**20))
 
@@ -250,7 +316,7 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
         if ck.get("world_size", 1) != world and ck.get("epoch_step", 0):
             raise GenclsError(f"--resume: {last} was written inside epoch {epoch} by {ck.get('world_size', 1)} "
                               f"process(es); resume it with that many (a world size may change at an epoch end)")
-        sums = {k: v.to(device) for k, v in state.get("sums", {}).items()}
+        sums = {k: v.to(device).clone() for k, v in state.get("sums", {}).items()}
         method.guard.skipped = ck.get("skipped_steps", 0)
         where = f"epoch {epoch}, step {epoch_step} of {iters}" if epoch_step else f"the end of epoch {ck['epoch']}"
         log(f"resuming {out} from {where} (global step {step})")
@@ -280,9 +346,22 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
     runlog = (RunLog(out, cfg.tensorboard, truncate_after_epoch=epoch - 1 if resume else None) if ddp.is_main
               else distributed.NoLog())
 
+    def check_guard(bad_steps_ago_base: int) -> None:
+        """A lazy divergence check; the failed step is named by its global number and epoch."""
+        try:
+            method.guard.check()
+        except NonFiniteError as e:
+            stopped(e, bad_steps_ago_base - getattr(e, "steps_ago", 0))
+
+    def stopped(e: NonFiniteError, bad_step: int):
+        raise TrainingStopped(
+            f"step {bad_step} (epoch {epoch}): {e}; stopped. The last good checkpoint "
+            f"({ck_dir / 'last.safetensors'}) is kept; --on-nan skip skips such batches instead") from None
+
     def checkpoint(epoch_done: int, at_step: int, sums_now: dict, names: tuple[str, ...] = ("last",),
                    val_error: float | None = None) -> None:
         """Called by every process; rank 0 writes."""
+        check_guard(step)  # never save the result of a masked (failed) update
         ddp.average_buffers(method)  # per-process batch-norm statistics (CPU) -> their average
         rngs = ddp.gather_rng(_rng_state(device))
         sums_now = ddp.average(sums_now)
@@ -302,8 +381,11 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
             raise TrainingStopped(f"could not write a checkpoint into {ck_dir} ({e.strerror or e}); "
                                   "the previous complete checkpoint is kept") from None
 
+    run_step = _GraphedStep(method, x_all, y_all, autocast) if cfg.cuda_graphs else None
+    matmul_precision = torch.get_float32_matmul_precision()
     t_start = time.time()
     try:
+        torch.backends.cuda.matmul.allow_tf32 = cfg.precision == "tf32"  # restored at the end
         with _StopSignals() as signals:
             while epoch <= cfg.epochs:
                 t0 = time.time()
@@ -317,15 +399,21 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
                 for i in bar:
                     li = lab_idx[i]
                     try:
-                        losses = method.train_step(x_all[li], y_all[li], x_all[unl_idx[i]] if streams else None)
+                        if run_step is not None:
+                            losses = run_step(li, unl_idx[i] if streams else None)
+                        else:
+                            with autocast():
+                                losses = method.train_step(x_all[li], y_all[li], x_all[unl_idx[i]] if streams else None)
                     except NonFiniteError as e:
-                        raise TrainingStopped(
-                            f"step {step + 1} (epoch {epoch}): {e}; stopped. The last good checkpoint "
-                            f"({ck_dir / 'last.safetensors'}) is kept; --on-nan skip skips such batches instead") from None
-                    for k, v in losses.items():
-                        sums[k] = sums[k] + v if k in sums else v.clone()
+                        stopped(e, step + 1 - getattr(e, "steps_ago", 0))
+                    for k, v in losses.items():  # summed on the device: no host sync per step
+                        if k in sums:
+                            sums[k].add_(v)
+                        else:
+                            sums[k] = v.detach().clone()
                     step += 1
-                    if (i + 1) % 50 == 0 or i + 1 == iters:
+                    if (i + 1) % LOG_EVERY == 0 or i + 1 == iters:
+                        check_guard(step)
                         bar.set_postfix({k: f"{float(v) / (i + 1):.3f}" for k, v in sums.items()}, refresh=False)
                         runlog.scalars({k: float(v) for k, v in losses.items()}, step)
                     signum = ddp.agree_stop(signals.signum, step)  # all processes stop at the same step
@@ -338,6 +426,8 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
                     if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and i + 1 < iters:
                         checkpoint(epoch - 1, i + 1, sums)
                 bar.close()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
                 train_seconds = time.time() - t0
                 sums = ddp.average(sums)  # the epoch's mean losses over all processes
                 bad = [k for k, v in sums.items() if not math.isfinite(float(v))]
@@ -397,4 +487,5 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
                               f"`gencls train --resume --out {out}`", exit_code=130) from None
     finally:
         runlog.close()
+        torch.set_float32_matmul_precision(matmul_precision)
     return out

@@ -1,0 +1,203 @@
+"""The optimised training step: same numbers as the plain one, a guard without host syncs, GPU options."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import gencls
+from gencls.errors import GenclsError
+from gencls.methods import NonFiniteError, create_method
+from gencls.nets import NoiseBank
+from gencls.training.runlog import read_metrics
+
+SHAPE = (1, 28, 28)
+
+
+def _pair(hidden=(64, 32, 16)):
+    torch.manual_seed(0)
+    plain = create_method("improved-gan", {"fused": False, "hidden": list(hidden)}, SHAPE, 10).train()
+    plain.setup(torch.rand(200, *SHAPE))
+    fused = create_method("improved-gan", {"fused": True, "hidden": list(hidden)}, SHAPE, 10).train()
+    fused.load_state_dict(plain.state_dict())
+    fused.ema.reset(fused.disc)
+    return plain, fused
+
+
+def _batch(n=50, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, *SHAPE, generator=g), torch.randint(0, 10, (n,), generator=g),
+            torch.rand(2 * n, *SHAPE, generator=g))
+
+
+def test_fused_step_computes_the_same_losses_gradients_and_update_as_the_plain_one():
+    plain, fused = _pair()
+    batch = _batch()
+    torch.manual_seed(7)
+    lp = plain.train_step(*batch)
+    torch.manual_seed(7)
+    lf = fused.train_step(*batch)
+    for k in lp:
+        torch.testing.assert_close(lf[k], lp[k], rtol=1e-5, atol=1e-6)
+    named = dict(plain.named_parameters())
+    with_grad = 0
+    for name, pf in fused.named_parameters():
+        pp = named[name]
+        if pp.grad is not None:
+            with_grad += 1
+            torch.testing.assert_close(pf.grad, pp.grad, rtol=1e-4, atol=1e-5 * float(pp.grad.abs().max()))
+        torch.testing.assert_close(pf, pp, rtol=1e-5, atol=1e-6)  # after the (fused) Adam update
+    assert with_grad == sum(p.requires_grad for p in plain.disc.parameters()) + len(list(plain.gen.parameters()))
+    # the same random draws: a second step still agrees
+    torch.manual_seed(8)
+    lp = plain.train_step(*batch)
+    torch.manual_seed(8)
+    lf = fused.train_step(*batch)
+    for k in lp:
+        torch.testing.assert_close(lf[k], lp[k], rtol=1e-4, atol=1e-5)
+
+
+def test_noise_bank_draws_what_randn_like_and_rand_draw():
+    x = torch.rand(7, 33)
+    bank = NoiseBank()
+    torch.manual_seed(3)
+    a = [x + torch.randn_like(x) * 0.5, torch.rand(4, 5), x + torch.randn_like(x) * 0.5]
+    torch.manual_seed(3)
+    b = [bank.add_normal(x, 0.5), bank.uniform((4, 5)).clone(), bank.add_normal(x, 0.5)]
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v)
+
+
+def test_flops_per_step_from_the_layer_shapes():
+    m = create_method("improved-gan", {"hidden": [3]}, (1, 2, 2), 2)  # disc 4-3-2, gen nz 100-500-500-4
+    f = m.flops_per_step(batch_size=1)
+    mm_d = 2 * (4 * 3 + 3 * 2)  # one image through the discriminator
+    assert f["discriminator_step"] == 3 * (mm_d + mm_d + 2 * 3 * 2)
+    mm_g = 2 * (100 * 500 + 500 * 500 + 500 * 4)
+    assert f["fakes"] == mm_g
+    assert f["generator_step"] == 2 * mm_g + 2 * (500 * 500 + 500 * 4) + 3 * mm_d
+    assert f["total"] == pytest.approx(sum(v for k, v in f.items() if k != "total"))
+    big = create_method("improved-gan", {}, SHAPE, 10).flops_per_step(100)["total"]
+    assert 3.7e9 < big < 3.9e9
+
+
+def _nan_batch():
+    x, y, u = _batch(8)
+    x[0, 0, 0, 0] = float("nan")
+    return x, y, u
+
+
+def test_device_guard_masks_the_update_and_reports_lazily():
+    _, m = _pair()
+    m.guard.lazy = True
+    x, y, u = _batch(8)
+    m.train_step(x, y, u)  # a good step
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    moments = [s["exp_avg"].clone() for s in m.opt_d.state.values()]
+    m.train_step(*_nan_batch())  # fails: no exception yet (no host sync), no update applied
+    m.train_step(x, y, u)  # after a "stop" failure every update is masked
+    after = m.state_dict()
+    for k, v in before.items():
+        if k.startswith(("disc.", "gen.fc", "gen.out")):
+            assert torch.equal(v, after[k]), k
+    assert all(torch.equal(a, s["exp_avg"]) for a, s in zip(moments, m.opt_d.state.values()))
+    with pytest.raises(NonFiniteError, match="loss_lab is not finite") as e:
+        m.guard.check()
+    assert e.value.steps_ago == 1  # the failed step was one step before the latest
+
+
+def test_device_guard_skip_policy_counts_on_the_device():
+    _, m = _pair()
+    m.guard.policy, m.guard.lazy = "skip", True
+    x, y, u = _batch(8)
+    m.train_step(*_nan_batch())
+    w = m.disc.out.v.clone()
+    m.train_step(x, y, u)  # skipping does not stop later updates
+    assert not torch.equal(w, m.disc.out.v)
+    m.guard.check()  # "skip" never raises
+    assert m.guard.skipped == 1
+    m.guard.skipped = 5
+    assert m.guard.skipped == 5
+
+
+def test_bf16_autocast_on_cpu_trains_and_is_saved(tmp_path, data_root):
+    out = tmp_path / "bf16"
+    gencls.train(gencls.TrainConfig(method="improved-gan", labels=100, subset=600, val_size=100, epochs=1,
+                                    batch_size=50, precision="bf16", threads=1, out=str(out), progress=False,
+                                    tensorboard=False, sample_every=0, method_config={"hidden": [64, 32]}))
+    rows = read_metrics(out)
+    assert rows[-1]["val_error"] < 0.95 and all(torch.isfinite(torch.tensor(rows[-1][k]))
+                                                  for k in ("loss_lab", "loss_unl", "loss_gen"))
+    assert gencls.load_run(out).config.precision == "bf16"
+
+
+def test_gpu_options_are_validated(tmp_path):
+    with pytest.raises(GenclsError, match="--precision fp16"):
+        gencls.TrainConfig(precision="fp16").validate()
+    with pytest.raises(GenclsError, match="--cuda-graphs needs a CUDA device"):
+        gencls.TrainConfig(cuda_graphs=True, device="cpu").validate()
+    proc = subprocess.run([sys.executable, "-m", "gencls", "train", "--out", str(tmp_path / "x"), "--device", "cpu",
+                           "--cuda-graphs"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "--cuda-graphs needs a CUDA device" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+def test_cuda_device_guard_masks_the_update_without_a_sync():
+    _, m = _pair()
+    m = m.cuda()
+    m.guard.lazy = True
+    x, y, u = (t.cuda() for t in _batch(8))
+    m.train_step(x, y, u)
+    before = {k: v.clone() for k, v in m.state_dict().items() if k.startswith("disc.")}
+    xn, yn, un = (t.cuda() for t in _nan_batch())
+    m.train_step(xn, yn, un)
+    after = m.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    with pytest.raises(NonFiniteError, match="loss_lab is not finite"):
+        m.guard.check()
+
+
+@cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_graph_step_trains_counts_and_skips(precision):
+    from gencls.training.trainer import _GraphedStep
+
+    _, m = _pair()
+    m = m.cuda()
+    m.guard.policy, m.guard.lazy = "skip", True
+    x_all, y_all = torch.rand(400, *SHAPE, device="cuda"), torch.randint(0, 10, (400,), device="cuda")
+    x_all[399, 0, 0, 0] = float("nan")  # one poisoned image
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)) if precision == "bf16" \
+        else __import__("contextlib").nullcontext
+    step = _GraphedStep(m, x_all, y_all, autocast)
+    g = torch.Generator().manual_seed(0)
+    w0 = m.disc.out.v.clone()
+    for i in range(12):
+        li = torch.randint(0, 399, (8,), generator=g).cuda()
+        if i == 9:  # a replayed step with the poisoned image: dropped on the device
+            li[0] = 399
+        ui = torch.randint(0, 399, (16,), generator=g).cuda()
+        losses = step(li, ui)
+        assert set(losses) == {"loss_lab", "loss_unl", "loss_gen", "train_err"}
+    assert step.graph is not None  # steps 4.. were replays
+    assert m.guard.skipped == 1 and m.ema.updates == 12
+    assert not torch.equal(w0, m.disc.out.v) and torch.isfinite(m.disc.out.v).all()
+    assert torch.isfinite(losses["loss_gen"]).all()
+
+
+def test_state_moves_between_the_plain_and_the_fused_variant():
+    """A checkpoint of one variant loads into the other; each keeps its own kind of Adam."""
+    plain, fused = _pair(hidden=(32, 16))
+    x, y, u = _batch(8)
+    plain.train_step(x, y, u)
+    fused.train_step(x, y, u)
+    fused.load_state(plain.state())
+    fused.train_step(x, y, u)
+    assert fused.opt_d.param_groups[0]["fused"] and int(fused.opt_d.state[fused.disc.out.v]["step"]) == 2
+    plain.load_state(fused.state())
+    plain.train_step(x, y, u)
+    assert not plain.opt_d.param_groups[0]["fused"] and int(plain.opt_d.state[plain.disc.out.v]["step"]) == 3
