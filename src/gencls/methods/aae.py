@@ -11,8 +11,12 @@ decoder rebuilds x from (y, z). Each mini-batch takes the paper's three phases i
 3. semi-supervised classification: the encoder's y logits minimise the cross-entropy on the
    labelled batch.
 
-Each phase has its own Adam optimiser (the paper used SGD with momentum and per-phase learning
-rates). It classifies with y (an EMA of the encoder's weights) and generates from (one-hot y, z ~ N(0, I)).
+As in the paper, the encoder, the decoder and both discriminators have two hidden layers of 1000
+ReLU units. Each phase has its own Adam optimiser (the paper used SGD with momentum, a learning
+rate per phase, and far longer training). The Gaussian noise on
+the encoder's input (sigma 0.3, in every phase) is ours: without it the validation error after one
+epoch was 19.6 % instead of 12.8 % (README). It classifies with y (an EMA of the encoder's weights)
+and generates from (one-hot y, z ~ N(0, I)).
 """
 from __future__ import annotations
 
