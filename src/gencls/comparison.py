@@ -111,7 +111,8 @@ def _run_one(train_cfg: dict, run_dir: str) -> dict:
         report = evaluate(run, "test", log=log)
         rows = read_metrics(out)
         val = run.meta.get("val_error")
-        result = {"method": cfg.method, "seed": cfg.seed, "data_seed": cfg.data_seed, "device": _device_name(cfg.device),
+        result = {"method": cfg.method, "seed": cfg.seed, "data_seed": cfg.data_seed,
+                  "device": _device_name(cfg.device),
                   "test_error_percent": report["error_percent"], "val_error_percent": None if val is None else 100 * val,
                   "best_epoch": run.meta["epoch"], "epochs": len(rows),
                   "train_seconds": sum(r["epoch_seconds"] for r in rows),
@@ -306,4 +307,5 @@ def is_compare_folder(path: str | Path) -> bool:
     return (Path(path) / "compare.json").is_file()
 
 
-__all__ = ["DEFAULT_METHODS", "CompareConfig", "compare", "compare_markdown", "is_compare_folder", "load_compare", "plot_compare"]
+__all__ = ["DEFAULT_METHODS", "CompareConfig", "compare", "compare_markdown", "is_compare_folder", "load_compare",
+           "plot_compare"]

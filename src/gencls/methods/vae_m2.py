@@ -6,8 +6,8 @@ Learning with Deep Generative Models").
   the paper's instead, an MLP with the generative model's hidden sizes and activation;
 - encoder q(z|x,y): an MLP on [x, one-hot y] giving a diagonal Gaussian (reparameterised);
 - decoder p(x|y,z): an MLP giving Bernoulli logits of the pixels (grey levels in [0, 1] are
-  soft targets), with p(z) = N(0, I) and p(y) uniform. As in the paper: one hidden layer of 500
-  softplus units in each, z of 50 dimensions.
+  soft targets), with p(z) = N(0, I) and p(y) uniform. As in the paper's code: one hidden layer
+  of 500 softplus units in each (its M1+M2 run with 100 labels used 300), z of 50 dimensions.
 
 Loss per step, with a labelled and an unlabelled batch:
 
