@@ -34,6 +34,8 @@ def test_compare_writes_table_plot_and_json(first_compare):
     md = (out / "compare.md").read_text()
     assert "| aae |" in md and "1.90 ± 0.10" in md and "Makhzani et al. 2015" in md
     assert "| supervised |" in md and "| none |" in md
+    assert "Budget per run: 1 epoch, " in md and "device cpu" in md and "2 run(s) in parallel" in md
+    assert all(r["device"] == "cpu" for r in summary["runs"])
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "compare.json").read_text())["settings"]["labels"] == 100
     # each run was evaluated on the test set once: eval.json with 10000 images
@@ -77,6 +79,14 @@ def test_compare_refuses_other_settings_in_the_same_folder(first_compare):
     out, _ = first_compare
     with pytest.raises(GenclsError, match="other settings"):
         compare(CompareConfig(methods=["supervised"], seeds=1, out=str(out), **{**SETTINGS, "epochs": 2}), log=quiet)
+
+
+def test_default_methods_are_every_registered_method():
+    from gencls.comparison import DEFAULT_METHODS
+    from gencls.methods import list_methods
+
+    assert CompareConfig().methods == ["improved-gan", "acgan", "vae-m2", "aae", "supervised"]
+    assert sorted(DEFAULT_METHODS) == list_methods()
 
 
 def test_compare_user_mistakes(tmp_path):

@@ -22,13 +22,16 @@ from typing import Callable
 from gencls.errors import GenclsError
 from gencls.utils import atomic_write_bytes, atomic_write_json, read_json
 
+# every method of the project, in the order of the README's table (the default of ``compare``)
+DEFAULT_METHODS = ("improved-gan", "acgan", "vae-m2", "aae", "supervised")
+
 # settings that must match for runs of an existing compare folder to be reused
 _FIXED = ("dataset", "labels", "epochs", "minutes", "val_size", "subset", "batch_size", "method_configs")
 
 
 @dataclass
 class CompareConfig:
-    methods: list[str]
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     dataset: str = "mnist"
     labels: int | str = 100
     seeds: int = 3  # seeds 1..seeds
@@ -104,11 +107,12 @@ def _run_one(train_cfg: dict, run_dir: str) -> dict:
         cfg = TrainConfig.from_dict(train_cfg)
         resume = (out / "checkpoints" / "last.safetensors").exists()
         train(cfg, resume=resume, overwrite=not resume, log=log)
-        run = load_run(out)
+        run = load_run(out, device=cfg.device)  # evaluated where it trained (the GPU, when it had one)
         report = evaluate(run, "test", log=log)
         rows = read_metrics(out)
         val = run.meta.get("val_error")
         result = {"method": cfg.method, "seed": cfg.seed, "data_seed": cfg.data_seed,
+                  "device": _device_name(cfg.device),
                   "test_error_percent": report["error_percent"], "val_error_percent": None if val is None else 100 * val,
                   "best_epoch": run.meta["epoch"], "epochs": len(rows),
                   "train_seconds": sum(r["epoch_seconds"] for r in rows),
@@ -117,6 +121,18 @@ def _run_one(train_cfg: dict, run_dir: str) -> dict:
         return result
     finally:
         logf.close()
+
+
+def _device_name(name: str) -> str:
+    """The device a run trains on, in words: "cpu" or e.g. "cuda (NVIDIA H100 80GB HBM3)"."""
+    import torch
+
+    from gencls.utils import resolve_device
+
+    device = resolve_device(name)
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return "cpu"
 
 
 def _summarise(cfg: CompareConfig, results: list[dict]) -> list[dict]:
@@ -151,13 +167,15 @@ def _fmt_time(seconds: float) -> str:
 
 def compare_markdown(summary: dict) -> str:
     s = summary["settings"]
-    budget = f"{s['epochs']} epochs"
+    budget = f"{s['epochs']} epoch{'s' if s['epochs'] != 1 else ''}"
     if s.get("minutes"):
-        budget += f" or {s['minutes']} min of training, whichever ends first"
+        budget += f" or {s['minutes']} min of training (checked at epoch ends), whichever ends first"
+    devices = sorted({r.get("device") or "unrecorded" for r in summary.get("runs", [])})
     lines = [f"# Comparison: {s['dataset']}, {s['labels']} labels, seeds 1..{s['seeds']}", "",
              f"Budget per run: {budget}, batch {s['batch_size']}, "
              f"validation {s['val_size']} images" + (f", subset {s['subset']}" if s.get("subset") else "")
-             + f"; threads {s.get('threads') or 'default'}, {s.get('jobs', 1)} job(s). "
+             + f"; device {', '.join(devices) or s.get('device', 'auto')}, "
+             f"threads per run {s.get('threads') or 'default'}, {s.get('jobs', 1)} run(s) in parallel. "
              "Each run is evaluated once on the test set with its best-validation checkpoint; seed s draws "
              "the labelled images (the same draw for every method).", "",
              "| method | test error % (mean ± std) | best seed | worst seed | epochs | training time | parameters "
@@ -289,4 +307,5 @@ def is_compare_folder(path: str | Path) -> bool:
     return (Path(path) / "compare.json").is_file()
 
 
-__all__ = ["CompareConfig", "compare", "compare_markdown", "is_compare_folder", "load_compare", "plot_compare"]
+__all__ = ["DEFAULT_METHODS", "CompareConfig", "compare", "compare_markdown", "is_compare_folder", "load_compare",
+           "plot_compare"]

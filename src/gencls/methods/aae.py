@@ -11,8 +11,12 @@ decoder rebuilds x from (y, z). Each mini-batch takes the paper's three phases i
 3. semi-supervised classification: the encoder's y logits minimise the cross-entropy on the
    labelled batch.
 
-Each phase has its own Adam optimiser (the paper used SGD with momentum and per-phase learning
-rates). It classifies with y (an EMA of the encoder's weights) and generates from (one-hot y, z ~ N(0, I)).
+As in the paper, the encoder, the decoder and both discriminators have two hidden layers of 1000
+ReLU units. Each phase has its own Adam optimiser (the paper used SGD with momentum, a learning
+rate per phase, and far longer training). The Gaussian noise on
+the encoder's input (sigma 0.3, in every phase) is ours: without it the validation error after one
+epoch was 19.6 % instead of 12.8 % (README). It classifies with y (an EMA of the encoder's weights)
+and generates from (one-hot y, z ~ N(0, I)).
 """
 from __future__ import annotations
 
@@ -47,7 +51,8 @@ class AdversarialAutoencoder(Method):
     can_condition = True
     latent_distribution = "normal(0,1)"
     ood_score_name = "negative reconstruction error (Bernoulli cross-entropy)"
-    published_results = {"mnist/100": {"error": "1.90 ± 0.10", "source": "Makhzani et al. 2015"}}
+    published_results = {"mnist/100": {"error": "1.90 ± 0.10", "source": "Makhzani et al. 2015, Table 2"},
+                         "mnist/1000": {"error": "1.60 ± 0.08", "source": "Makhzani et al. 2015, Table 2"}}
     default_config = {"lr_recon": 0.001, "lr_reg": 0.0002, "lr_sup": 0.001, "beta1_reg": 0.5, "nz": 10,
                       "hidden": [1000, 1000], "disc_hidden": [1000, 1000], "input_noise": 0.3, "ema_decay": 0.999}
 
