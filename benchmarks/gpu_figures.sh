@@ -10,7 +10,7 @@
 # machine is offline). OUT receives log, speed_*.json, gpu_util.csv and runs.tar.gz (the run
 # folders without checkpoints).
 set -u
-GZ=${1:?data dir}; OUT=${2:?out dir}; MIN=${3:-5}
+GZ=${1:?data dir}; OUT=${2:?out dir}; MIN=${3:-4.5}
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 GENCLS_DATA=/tmp/gencls-data
 RUNS=/tmp/gencls-gpu-runs; mkdir -p "$OUT" "$RUNS"
 exec > >(tee -a "$OUT/log") 2>&1
@@ -22,10 +22,10 @@ done
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 stamp "1. CUDA tests"
-timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_speed.py -k cuda 2>&1 | tail -4
+timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_speed.py -k cuda 2>&1 | tail -4
 stamp "2. step speed"
-timeout 60 python3 benchmarks/speed.py --device cuda --steps 300 --out "$OUT/speed_fp32.json" | tail -6
-timeout 50 python3 benchmarks/speed.py --device cuda --precision bf16 --cuda-graphs --variants fused --steps 300 \
+timeout 50 python3 benchmarks/speed.py --device cuda --steps 300 --out "$OUT/speed_fp32.json" | tail -6
+timeout 40 python3 benchmarks/speed.py --device cuda --precision bf16 --cuda-graphs --variants fused --steps 300 \
   --out "$OUT/speed_bf16_graphs.json" | tail -4
 stamp "3. compares, $MIN minutes per run"
 if command -v nvidia-cuda-mps-control >/dev/null && nvidia-cuda-mps-control -d; then
