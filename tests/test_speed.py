@@ -175,7 +175,7 @@ def test_cuda_graph_step_trains_counts_and_skips(precision):
         else __import__("contextlib").nullcontext
     step = _GraphedStep(m, x_all, y_all, autocast)
     g = torch.Generator().manual_seed(0)
-    w0 = m.disc.out.v.clone()
+    w0 = m.disc.out.v.detach().clone()  # a plain clone would keep an AccumulateGrad node alive
     for i in range(12):
         li = torch.randint(0, 399, (8,), generator=g).cuda()
         if i == 9:  # a replayed step with the poisoned image: dropped on the device
