@@ -221,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="uvicorn's log level (info logs every request)")
 
     c = sub.add_parser("compare", help="train and evaluate several methods over several seeds, side by side")
-    c.add_argument("--methods", default=",".join(list_methods()),
+    from gencls.comparison import DEFAULT_METHODS
+
+    c.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated, any of: {', '.join(list_methods())} (default: all)")
     c.add_argument("--dataset", default="mnist", help=f"one of: {', '.join(list_datasets())}")
     c.add_argument("--labels", type=_labels, default=100)
