@@ -221,10 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="uvicorn's log level (info logs every request)")
 
     c = sub.add_parser("compare", help="train and evaluate several methods over several seeds, side by side")
-    from gencls.comparison import DEFAULT_METHODS
-
-    c.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help=f"comma-separated, any of: {', '.join(list_methods())} (default: all)")
+    c.add_argument("--methods", help=f"comma-separated, any of: {', '.join(list_methods())} (default: all five, "
+                                     "improved-gan,acgan,vae-m2,aae,supervised)")
     c.add_argument("--dataset", default="mnist", help=f"one of: {', '.join(list_datasets())}")
     c.add_argument("--labels", type=_labels, default=100)
     c.add_argument("--seeds", type=_positive_int, default=3,
@@ -451,12 +449,13 @@ def cmd_methods(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from gencls.comparison import CompareConfig, compare
+    from gencls.comparison import DEFAULT_METHODS, CompareConfig, compare
 
+    methods = args.methods.split(",") if args.methods else DEFAULT_METHODS
     configs: dict[str, dict] = {}
     for method, k, v in args.settings:
         configs.setdefault(method, {})[k] = v
-    cfg = CompareConfig(methods=[m.strip() for m in args.methods.split(",") if m.strip()], dataset=args.dataset,
+    cfg = CompareConfig(methods=[m.strip() for m in methods if m.strip()], dataset=args.dataset,
                         labels=args.labels, seeds=args.seeds, epochs=args.epochs, minutes=args.minutes, out=args.out,
                         jobs=args.jobs, threads=args.threads, device=args.device, data_root=args.data_root,
                         val_size=args.val_size, subset=args.subset, batch_size=args.batch_size, method_configs=configs)
