@@ -30,15 +30,19 @@ def _batch(n=50, seed=1):
             torch.rand(2 * n, *SHAPE, generator=g))
 
 
+def _same_losses(plain, fused, batch, seed, rtol, atol):
+    torch.manual_seed(seed)
+    lp = plain.train_step(*batch)
+    torch.manual_seed(seed)
+    lf = fused.train_step(*batch)
+    for k in lp:
+        torch.testing.assert_close(lf[k], lp[k], rtol=rtol, atol=atol)
+
+
 def test_fused_step_computes_the_same_losses_gradients_and_update_as_the_plain_one():
     plain, fused = _pair()
     batch = _batch()
-    torch.manual_seed(7)
-    lp = plain.train_step(*batch)
-    torch.manual_seed(7)
-    lf = fused.train_step(*batch)
-    for k in lp:
-        torch.testing.assert_close(lf[k], lp[k], rtol=1e-5, atol=1e-6)
+    _same_losses(plain, fused, batch, seed=7, rtol=1e-5, atol=1e-6)
     named = dict(plain.named_parameters())
     with_grad = 0
     for name, pf in fused.named_parameters():
@@ -49,12 +53,7 @@ def test_fused_step_computes_the_same_losses_gradients_and_update_as_the_plain_o
         torch.testing.assert_close(pf, pp, rtol=1e-5, atol=1e-6)  # after the (fused) Adam update
     assert with_grad == sum(p.requires_grad for p in plain.disc.parameters()) + len(list(plain.gen.parameters()))
     # the same random draws: a second step still agrees
-    torch.manual_seed(8)
-    lp = plain.train_step(*batch)
-    torch.manual_seed(8)
-    lf = fused.train_step(*batch)
-    for k in lp:
-        torch.testing.assert_close(lf[k], lp[k], rtol=1e-4, atol=1e-5)
+    _same_losses(plain, fused, batch, seed=8, rtol=1e-4, atol=1e-5)
 
 
 def test_noise_bank_draws_what_randn_like_and_rand_draw():

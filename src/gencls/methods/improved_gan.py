@@ -74,7 +74,6 @@ class ImprovedGAN(Method):
 
     def _plain_step(self, x_lab, y_lab, x_unl):
         """The reference step, written for clarity (``--set fused=false``)."""
-        b_lab = x_lab.shape[0]
         x_unl_d, x_unl_g = x_unl.chunk(2)
         n_fake = x_unl_d.shape[0]
 
@@ -82,26 +81,40 @@ class ImprovedGAN(Method):
         with torch.no_grad():
             fake = self.gen(self.gen.sample_z(n_fake, x_unl.device))
         logits, _ = self.disc(torch.cat([x_lab.flatten(1), x_unl_d.flatten(1), fake.flatten(1)]))
-        l_lab, l_unl, l_fake = logits.split([b_lab, x_unl_d.shape[0], n_fake])
-        loss_lab = F.cross_entropy(l_lab, y_lab)
-        loss_unl = ssl_gan_unlabelled_loss(l_unl, l_fake)
-        self.opt_d.zero_grad(set_to_none=True)
-        (loss_lab + self.config["unlabelled_weight"] * loss_unl).backward()
-        self.optimizer_step(self.opt_d, {"loss_lab": loss_lab, "loss_unl": loss_unl})
-        self.ema.update(self.disc)
+        l_lab, loss_lab, loss_unl = self._discriminator_update(logits, y_lab, n_fake)
 
         # generator: feature matching against an independent unlabelled batch
         fake = self.gen(self.gen.sample_z(x_unl_g.shape[0], x_unl.device))
         with torch.no_grad():
             _, f_real = self.disc(x_unl_g)
         _, f_fake = self.disc(fake)
-        loss_gen = feature_matching_loss(f_real, f_fake)
+        loss_gen = self._generator_update(f_real, f_fake)
+        return self._losses(l_lab, y_lab, loss_lab, loss_unl, loss_gen)
+
+    def _discriminator_update(self, logits, y_lab, n_fake):
+        """Losses on the logits of [labelled, unlabelled, generated] (fp32 even under autocast: the
+        log-sum-exp), one guarded optimizer step, the EMA update. Returns (labelled logits, losses)."""
+        l_lab, l_unl, l_fake = logits.float().split([len(y_lab), n_fake, n_fake])
+        loss_lab = F.cross_entropy(l_lab, y_lab)
+        loss_unl = ssl_gan_unlabelled_loss(l_unl, l_fake)
+        self.opt_d.zero_grad(set_to_none=True)
+        (loss_lab + self.config["unlabelled_weight"] * loss_unl).backward()
+        self.optimizer_step(self.opt_d, {"loss_lab": loss_lab, "loss_unl": loss_unl})
+        self.ema.update(self.disc)
+        return l_lab, loss_lab, loss_unl
+
+    def _generator_update(self, f_real, f_fake):
+        """Feature matching, gradients for the generator only, one guarded optimizer step."""
+        loss_gen = feature_matching_loss(f_real.float(), f_fake.float())
         gen_params = list(self.gen.parameters())
         grads = torch.autograd.grad(loss_gen, gen_params)  # no gradients for the discriminator's weights
         for p, g in zip(gen_params, grads):
             p.grad = g
         self.optimizer_step(self.opt_g, {"loss_gen": loss_gen})
+        return loss_gen
 
+    @staticmethod
+    def _losses(l_lab, y_lab, loss_lab, loss_unl, loss_gen):
         train_err = (l_lab.detach().argmax(1) != y_lab).float().mean()
         return {"loss_lab": loss_lab.detach(), "loss_unl": loss_unl.detach(), "loss_gen": loss_gen.detach(),
                 "train_err": train_err}
@@ -113,36 +126,22 @@ class ImprovedGAN(Method):
         scales are computed once for both generator-step passes, noise goes into preallocated
         buffers, ReLU runs in place, the generator's softplus avoids the CPU's scalar log1p, and
         the fused Adam steps are guarded on the device without a host sync."""
-        b_lab, nz, noise = x_lab.shape[0], self.gen.nz, self._noise
+        nz, noise = self.gen.nz, self._noise
         x_unl_d, x_unl_g = x_unl.flatten(1).chunk(2)
         n_fake, n_gen = x_unl_d.shape[0], x_unl_g.shape[0]
 
         with torch.no_grad():
             fake = self.gen(noise.uniform((n_fake, nz), x_unl.device))
         logits, _ = self.disc(torch.cat([x_lab.flatten(1), x_unl_d, fake.flatten(1)]), self.disc.weights(), noise)
-        logits = logits.float()  # the losses (log-sum-exp) stay in fp32 under autocast
-        l_lab, l_unl, l_fake = logits.split([b_lab, n_fake, n_fake])
-        loss_lab = F.cross_entropy(l_lab, y_lab)
-        loss_unl = ssl_gan_unlabelled_loss(l_unl, l_fake)
-        self.opt_d.zero_grad(set_to_none=True)
-        (loss_lab + self.config["unlabelled_weight"] * loss_unl).backward()
-        self.optimizer_step(self.opt_d, {"loss_lab": loss_lab, "loss_unl": loss_unl})
-        self.ema.update(self.disc)
+        l_lab, loss_lab, loss_unl = self._discriminator_update(logits, y_lab, n_fake)
 
         fake = self.gen(noise.uniform((n_gen, nz), x_unl.device))
         with torch.no_grad():  # the discriminator is fixed in the generator step: its weights once
             weights = self.disc.weights()
             _, f_real = self.disc(x_unl_g, weights, noise)
         _, f_fake = self.disc(fake, weights, noise)
-        loss_gen = feature_matching_loss(f_real.float(), f_fake.float())
-        gen_params = list(self.gen.parameters())
-        for p, g in zip(gen_params, torch.autograd.grad(loss_gen, gen_params)):
-            p.grad = g
-        self.optimizer_step(self.opt_g, {"loss_gen": loss_gen})
-
-        train_err = (l_lab.detach().argmax(1) != y_lab).float().mean()
-        return {"loss_lab": loss_lab.detach(), "loss_unl": loss_unl.detach(), "loss_gen": loss_gen.detach(),
-                "train_err": train_err}
+        loss_gen = self._generator_update(f_real, f_fake)
+        return self._losses(l_lab, y_lab, loss_lab, loss_unl, loss_gen)
 
     def flops_per_step(self, batch_size: int) -> dict[str, float]:
         """Floating-point operations of one training step with ``batch_size`` labelled images and
