@@ -22,16 +22,18 @@ from gencls.utils import atomic_write_json, read_json, resolve_device
 
 
 def train(config: TrainConfig | dict | None = None, resume: bool = False, overwrite: bool = False,
-          on_epoch_end=None, **kwargs) -> Path:
+          on_epoch_end=None, log=print, **kwargs) -> Path:
     """Train; ``gencls.train(method="improved-gan", labels=100, epochs=5, out="runs/x")`` works too.
 
-    ``on_epoch_end(record, method)`` is called after every epoch (metrics record, live method).
+    ``on_epoch_end(record, method)`` is called after every epoch (metrics record, live method);
+    ``log`` receives the progress lines. ``seeds=[1, 2, 3]`` trains several seeds in one process
+    (see ``gencls.training.trainer.train``).
     """
     if config is None:  # on resume, keyword settings are only what changes (see RESUMABLE_OVERRIDES)
         config = dict(kwargs) if resume else TrainConfig(**kwargs)
     elif kwargs:
         raise TypeError("pass either a config or keyword settings, not both")
-    return _train(config, resume=resume, overwrite=overwrite, on_epoch_end=on_epoch_end)
+    return _train(config, resume=resume, overwrite=overwrite, on_epoch_end=on_epoch_end, log=log)
 
 
 @dataclass
@@ -106,6 +108,9 @@ def load_run(path: str | Path, which: str = "best", device: str = "cpu") -> Run:
         if not path.exists():
             raise InputError(f"{path}: no such run folder")
         ck_path, run_dir = path / "checkpoints" / f"{which}.safetensors", path
+        if not ck_path.exists() and (path / "seeds.json").exists():
+            runs = [str(path / name) for name in read_json(path / "seeds.json").get("runs", [])]
+            raise InputError(f"{path}: holds one run per seed ({', '.join(runs)}); give one of them")
         if not ck_path.exists():
             raise InputError(f"{path}: not a finished run ({ck_path.relative_to(path)} missing)")
     state, meta = load_checkpoint(ck_path)

@@ -31,6 +31,15 @@ def _labels(value: str):
     return n
 
 
+def _seeds(value: str) -> list[int]:
+    from gencls.config import parse_seeds
+
+    try:
+        return parse_seeds(value)
+    except GenclsError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix(f"--seeds {value}: ")) from None
+
+
 def _positive_int(value: str) -> int:
     try:
         n = int(value)
@@ -110,7 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_positive_int, help="default 10")
     t.add_argument("--minutes", type=_positive_float, help="stop at the first epoch end after this many minutes")
     t.add_argument("--seed", type=_nonneg_int, help="seed of the networks and the batch order (default 1)")
-    t.add_argument("--data-seed", type=_nonneg_int, help="seed of the labelled/validation split (default 1)")
+    t.add_argument("--data-seed", type=_nonneg_int, help="seed of the labelled/validation split (default 1; with "
+                   "--seeds: each seed's own)")
+    t.add_argument("--seeds", type=_seeds, metavar="S,S,...", help="train several seeds in one process, e.g. 1,2,3 "
+                   "or 1-5: run folders OUT/seed-S, seed S drawing its own labelled split unless --data-seed is given; "
+                   "OUT/seeds.json sums them up")
+    t.add_argument("--stack-seeds", choices=["auto", "on", "off"], help="with --seeds: on = one batched model "
+                   "(methods that have a batched step: improved-gan's MLP networks), off = one step of each seed in "
+                   "turn (the numbers of separate runs), auto (default) = on for CUDA, off on the CPU")
     t.add_argument("--val-size", type=_nonneg_int, help="validation images carved from the labelled training images "
                    "(default: 10%% of the training images, at most 5000; folder:PATH with PATH/labelled/: 0)")
     t.add_argument("--image-size", metavar="N|HxW", help="resize the images to this size (default: the dataset's; "
@@ -130,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-root", help="data root (default: $GENCLS_DATA, else ~/.cache/gencls)")
     t.add_argument("--checkpoint-every", type=_nonneg_int, help="also checkpoint every N steps (default: epoch ends)")
     t.add_argument("--keep", type=_nonneg_int, help="keep the checkpoints of the last K epochs (default 0)")
+    t.add_argument("--eval-every", type=_positive_int, help="validate and checkpoint every N epochs and after the "
+                   "last (default 1; a crash then loses up to N epochs)")
+    t.add_argument("--sample-every", type=_nonneg_int, help="write a sample grid every N epochs (0: never; default 1)")
     t.add_argument("--on-nan", choices=["stop", "skip"], help="a NaN/inf loss or exploding gradient: stop (default) "
                    "or skip the batch")
     t.add_argument("--max-grad-norm", type=_positive_float, help="gradient norm counted as exploding (default 1e6)")
@@ -267,9 +286,9 @@ def cmd_data(args) -> int:
 
 
 TRAIN_FLAGS = ("method", "dataset", "labels", "val_size", "subset", "epochs", "minutes", "batch_size", "seed",
-               "data_seed", "device", "out", "data_root", "threads", "progress", "tensorboard", "checkpoint_every",
-               "keep", "on_nan", "max_grad_norm", "image_size", "channels", "arch", "precision", "compile",
-               "cuda_graphs")
+               "data_seed", "seeds", "stack_seeds", "device", "out", "data_root", "threads", "progress", "tensorboard",
+               "checkpoint_every", "keep", "eval_every", "sample_every", "on_nan", "max_grad_norm", "image_size",
+               "channels", "arch", "precision", "compile", "cuda_graphs")
 
 
 def cmd_train(args) -> int:
@@ -281,7 +300,10 @@ def cmd_train(args) -> int:
         given["method_config"] = dict(args.settings)
     out = train(given if args.resume else TrainConfig(**given), resume=args.resume, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all processes
-        print(f"done: {out} (evaluate with `gencls evaluate {out}`)")
+        if (out / "seeds.json").exists():
+            print(f"done: {out} (one run folder per seed; evaluate one with `gencls evaluate {out}/seed-S`)")
+        else:
+            print(f"done: {out} (evaluate with `gencls evaluate {out}`)")
     return 0
 
 

@@ -18,13 +18,16 @@ class TrainConfig:
     minutes: float | None = None  # stop after this much training time (at an epoch end)
     batch_size: int = 100
     seed: int = 1
-    data_seed: int = 1
+    data_seed: int | None = None  # None: 1 for one run; with ``seeds``, each seed draws its own split
+    seeds: list[int] | None = None  # several seeds in one process, run folders OUT/seed-S (``--seeds``)
+    stack_seeds: str = "auto"  # with seeds: "on" batched networks, "off" one step after another, "auto" on for CUDA
     device: str = "auto"
     out: str = "runs/run"
     data_root: str | None = None
     method_config: dict[str, Any] = field(default_factory=dict)
     threads: int | None = None
     sample_every: int = 1  # write a sample grid every N epochs (0: never)
+    eval_every: int = 1  # validate and checkpoint every N epochs (and after the last)
     tensorboard: bool = True
     progress: bool = True
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: epoch ends only)
@@ -66,10 +69,24 @@ class TrainConfig:
             raise GenclsError(f"--subset {self.subset}: must be positive")
         if self.val_size is not None and self.val_size < 0:
             raise GenclsError(f"--val-size {self.val_size}: must be 0 or more")
+        if self.seeds is None and self.data_seed is None:
+            self.data_seed = 1
         for name in ("seed", "data_seed"):
             v = getattr(self, name)
+            if name == "data_seed" and v is None:
+                continue
             if not isinstance(v, int) or not 0 <= v < 2**31:
                 raise GenclsError(f"--{name.replace('_', '-')} {v}: must be an integer in [0, 2^31)")
+        if self.seeds is not None:
+            if isinstance(self.seeds, str):
+                self.seeds = parse_seeds(self.seeds)
+            self.seeds = [int(s) for s in self.seeds]
+            if not self.seeds or len(set(self.seeds)) != len(self.seeds) or not all(0 <= s < 2**31 for s in self.seeds):
+                raise GenclsError(f"--seeds {','.join(map(str, self.seeds))}: distinct integers in [0, 2^31)")
+        if self.stack_seeds not in ("auto", "on", "off"):
+            raise GenclsError(f"--stack-seeds {self.stack_seeds}: auto, on or off")
+        if self.sample_every < 0 or self.eval_every < 1:
+            raise GenclsError("--sample-every must be 0 or more and --eval-every at least 1")
         if self.checkpoint_every < 0 or self.keep < 0:
             raise GenclsError("--checkpoint-every and --keep must be 0 or more")
         if self.on_nan not in ("stop", "skip"):
@@ -83,6 +100,15 @@ class TrainConfig:
         if self.threads is not None and self.threads < 1:
             raise GenclsError(f"--threads {self.threads}: must be at least 1")
         return self
+
+    def for_seed(self, seed: int) -> "TrainConfig":
+        """The configuration of one seed's run under ``seeds``: folder OUT/seed-S, data seed S
+        unless one data seed was given for all."""
+        from dataclasses import replace
+        from pathlib import Path
+
+        return replace(self, seeds=None, seed=int(seed), data_seed=int(seed) if self.data_seed is None else self.data_seed,
+                       out=str(Path(self.out) / f"seed-{seed}"), method_config=dict(self.method_config))
 
     def fill_from_data(self, image_shape, defaults: dict, n_train: int) -> "TrainConfig":
         """Settings left unset, from the data: its defaults, its image size and channels; ``arch``
@@ -100,6 +126,10 @@ class TrainConfig:
             self.method_config = {**self.method_config, "arch": self.arch}
         return self.validate()
 
+    @property
+    def seed_list(self) -> list[int]:
+        return list(self.seeds) if self.seeds is not None else [self.seed]
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -107,3 +137,21 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``1,2,3`` or ``1-5`` (or a mix: ``1-3,7``) -> a list of seeds."""
+    seeds = []
+    try:
+        for part in str(text).split(","):
+            part = part.strip()
+            if "-" in part[1:]:
+                a, b = part.split("-", 1)
+                seeds.extend(range(int(a), int(b) + 1))
+            elif part:
+                seeds.append(int(part))
+    except ValueError:
+        raise GenclsError(f"--seeds {text}: give seeds as 1,2,3 or 1-5") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise GenclsError(f"--seeds {text}: give distinct seeds >= 0 as 1,2,3 or 1-5")
+    return seeds

@@ -215,6 +215,16 @@ class Method(nn.Module):
             terms = self.grad_sync(optimizer, terms)
         return self.guard.step(optimizer, terms)
 
+    @classmethod
+    def stack(cls, methods: list["Method"], guard: StepGuard):
+        """A batched training step for several seeds' copies of this method (``--stack-seeds``),
+        or None when the method has none (then the seeds' steps run one after another). It returns
+        an object with ``train_step(x_lab, y_lab, x_unl) -> dict`` of (S,) tensors, taking inputs
+        with a leading seed dimension, that steps all copies at once and keeps each copy's weights,
+        optimizer state and EMA current (see ``gencls.methods.stacking``); ``guard`` guards its
+        optimizer steps."""
+        return None
+
     def compile_networks(self, **options) -> None:
         """``torch.compile`` the networks the training step calls (``--compile``); EMA copies stay eager."""
         for module in self.children():

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from gencls.losses import feature_matching_loss, ssl_gan_real_probability, ssl_gan_unlabelled_loss
 from gencls.methods.base import CannotGenerate, Method, register_method
+from gencls.methods.stacking import StackedModules, stacked_adam
 from gencls.nets import EMA, NoiseBank, WNLinear, make_classifier, make_generator, resolve_arch
 
 
@@ -143,6 +144,13 @@ class ImprovedGAN(Method):
         loss_gen = self._generator_update(f_real, f_fake)
         return self._losses(l_lab, y_lab, loss_lab, loss_unl, loss_gen)
 
+    @classmethod
+    def stack(cls, methods, guard):
+        """All seeds in one batched step: the MLP networks (the conv networks step one seed at a time)."""
+        if any(m.arch != "mlp" for m in methods):
+            return None
+        return _StackedImprovedGAN(methods, guard)
+
     def flops_per_step(self, batch_size: int) -> dict[str, float]:
         """Floating-point operations of one training step with ``batch_size`` labelled images and
         two unlabelled batches of ``batch_size``, from the layer shapes (a multiply-add is 2).
@@ -201,3 +209,69 @@ class ImprovedGAN(Method):
         if labels is not None:
             raise CannotGenerate("improved-gan's generator is unconditional: it cannot generate a chosen class")
         return self.decode_latent(self.sample_latent(n, generator))
+
+
+class _StackedImprovedGAN:
+    """S seeds of ``ImprovedGAN`` (MLP networks) trained as one batched model: the same losses
+    and updates as S separate plain steps, each layer one batched product over the seeds (the
+    random draws are independent per seed but not those of separate runs). The per-seed methods'
+    weights, Adam moments and EMA weights are views of the stacked tensors."""
+
+    def __init__(self, methods: list[ImprovedGAN], guard):
+        self.methods, self.guard = methods, guard
+        self.config = methods[0].config
+        self.disc = StackedModules([m.disc for m in methods])
+        self.gen = StackedModules([m.gen for m in methods])
+        self.shadow = StackedModules([m.ema.shadow for m in methods])
+        self.opt_d = stacked_adam(self.disc, [m.opt_d for m in methods])
+        self.opt_g = stacked_adam(self.gen, [m.opt_g for m in methods])
+        self.nz = methods[0].gen.nz
+        self.ema_decay = methods[0].ema.decay
+        self.ema_updates = methods[0].ema.updates
+        self._loss_lab = torch.vmap(F.cross_entropy)
+        self._loss_unl = torch.vmap(ssl_gan_unlabelled_loss)
+        self._loss_gen = torch.vmap(feature_matching_loss)
+
+    def _z(self, n, device):
+        return torch.rand(len(self.methods), n, self.nz, device=device)
+
+    def train_step(self, x_lab, y_lab, x_unl):
+        """Inputs with a leading seed dimension: (S, B, ...) labelled, (S, 2B, ...) unlabelled."""
+        x_unl_d, x_unl_g = x_unl.flatten(2).chunk(2, dim=1)
+        n_fake, n_gen, n_lab = x_unl_d.shape[1], x_unl_g.shape[1], y_lab.shape[1]
+
+        with torch.no_grad():
+            fake = self.gen(self._z(n_fake, x_unl.device))
+        logits, _ = self.disc(torch.cat([x_lab.flatten(2), x_unl_d, fake.flatten(2)], dim=1))
+        l_lab, l_unl, l_fake = logits.float().split([n_lab, n_fake, n_fake], dim=1)
+        loss_lab, loss_unl = self._loss_lab(l_lab, y_lab), self._loss_unl(l_unl, l_fake)
+        self.opt_d.zero_grad(set_to_none=True)
+        (loss_lab + self.config["unlabelled_weight"] * loss_unl).sum().backward()  # seeds' gradients are disjoint
+        self.guard.step(self.opt_d, {"loss_lab": loss_lab.sum(), "loss_unl": loss_unl.sum()})
+        self._update_ema()
+
+        fake = self.gen(self._z(n_gen, x_unl.device))
+        with torch.no_grad():
+            _, f_real = self.disc(x_unl_g)
+        _, f_fake = self.disc(fake.flatten(2))
+        loss_gen = self._loss_gen(f_real.float(), f_fake.float())
+        params = self.gen.trainable()
+        for p, g in zip(params, torch.autograd.grad(loss_gen.sum(), params)):
+            p.grad = g.contiguous()  # vmap can return a transposed layout, which fused Adam misreads
+        self.guard.step(self.opt_g, {"loss_gen": loss_gen.sum()})
+        train_err = (l_lab.detach().argmax(2) != y_lab).float().mean(1)
+        return {"loss_lab": loss_lab.detach(), "loss_unl": loss_unl.detach(), "loss_gen": loss_gen.detach(),
+                "train_err": train_err}
+
+    @torch.no_grad()
+    def _update_ema(self):
+        """``EMA.update`` for all seeds at once (the same warm-up of the decay)."""
+        self.ema_updates += 1
+        d = min(self.ema_decay, (1 + self.ema_updates) / (10 + self.ema_updates))
+        names = [n for n in self.shadow.params]
+        torch._foreach_lerp_([self.shadow.params[n] for n in names], [self.disc.params[n].detach() for n in names],
+                             1.0 - d)
+        for n, b in self.shadow.buffers.items():
+            b.copy_(self.disc.buffers[n])
+        for m in self.methods:
+            m.ema.updates = self.ema_updates

@@ -31,7 +31,7 @@ from gencls.data.datasets import load_run_split
 from gencls.data.images import border_mean
 from gencls.errors import GenclsError, TrainingStopped  # noqa: F401  (TrainingStopped re-exported)
 from gencls.evaluation.metrics import predict_logits
-from gencls.methods import NonFiniteError, create_method
+from gencls.methods import Method, NonFiniteError, create_method
 from gencls.training import distributed
 from gencls.training.checkpoint import checkpoint_bytes_estimate, parse_checkpoint, save_checkpoint, validate_modules
 from gencls.training.runlog import RunLog, save_grid
@@ -48,15 +48,16 @@ SAMPLE_SEED = 12345
 
 
 def _looks_like_run(folder: Path) -> bool:
-    return (folder / "config.json").exists() or (folder / "checkpoints").is_dir()
+    return (folder / "config.json").exists() or (folder / "checkpoints").is_dir() or (folder / "seeds.json").exists()
 
 
-def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
+def _check_out_dir(out: Path, resume: bool, overwrite: bool, seeds: list[int] | None = None) -> None:
     if out.exists() and not out.is_dir():
         raise GenclsError(f"--out {out}: exists and is not a folder")
     if resume:
-        if not (out / "checkpoints" / "last.safetensors").exists():
-            raise GenclsError(f"--resume: {out} has no checkpoint to resume from (checkpoints/last.safetensors missing)")
+        for folder in [out / f"seed-{s}" for s in seeds] if seeds else [out]:
+            if not (folder / "checkpoints" / "last.safetensors").exists():
+                raise GenclsError(f"--resume: {folder} has no checkpoint to resume from (checkpoints/last.safetensors missing)")
         return
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -91,8 +92,12 @@ def _resolve_config(config: TrainConfig | dict, resume: bool) -> TrainConfig:
     if "out" not in given:
         raise GenclsError("--resume needs --out RUN")
     out = Path(given["out"])
-    _check_out_dir(out, resume=True, overwrite=False)
-    saved = TrainConfig.from_dict(read_json(out / "config.json"))
+    if (out / "seeds.json").exists():  # several seeds trained together: their shared configuration
+        saved = TrainConfig.from_dict(read_json(out / "seeds.json")["config"])
+    else:
+        _check_out_dir(out, resume=True, overwrite=False)
+        saved = TrainConfig.from_dict(read_json(out / "config.json"))
+    _check_out_dir(out, resume=True, overwrite=False, seeds=saved.seeds)
     ignored = sorted(k for k, v in given.items() if k not in ("out", *RESUMABLE_OVERRIDES, *HOW_TO_RUN)
                      and v is not None and v != getattr(saved, k, v))
     if ignored:
@@ -231,6 +236,14 @@ def train(config: TrainConfig | dict, resume: bool = False, overwrite: bool = Fa
     (see ``RESUMABLE_OVERRIDES``). ``on_epoch_end(record, method)`` is called after each epoch's
     metrics are written (used by benchmarks).
 
+    With ``seeds`` (``--seeds 1,2,3``) the seeds train together in one process, each into its own
+    complete run folder ``OUT/seed-S`` (evaluate, predict or resume each alone); ``OUT/seeds.json``
+    lists them and the returned path is ``OUT``. Seed S draws its own labelled split (data seed S)
+    unless ``data_seed`` is given. Methods with a batched step (``Method.stack``) run all seeds as
+    one batched model when ``stack_seeds`` is "on" (or "auto" on CUDA); otherwise the seeds' steps
+    take turns, each with its own random stream, giving the numbers of separate runs exactly.
+    ``on_epoch_end`` is then called once per seed (``record["seed"]``).
+
     Run by ``torchrun`` it trains data-parallel over the processes (``--batch-size`` per process);
     rank 0 alone logs, validates, writes the run folder and calls ``on_epoch_end``.
     """
@@ -238,10 +251,246 @@ def train(config: TrainConfig | dict, resume: bool = False, overwrite: bool = Fa
         return _train(ddp, config, resume, overwrite, log if ddp.is_main else (lambda s: None), on_epoch_end)
 
 
+class _Run:
+    """One model's run: its configuration, folder, split, method, log and checkpoints. Under
+    ``--seeds`` several runs step together; rank 0 alone validates and writes."""
+
+    def __init__(self, ddp: distributed.Context, cfg: TrainConfig, data, device: torch.device,
+                 log: Callable[[str], None], tag: str = ""):
+        self.ddp, self.cfg, self.device, self.tag = ddp, cfg, device, tag
+        self.log = (lambda text: log(f"{tag}: {text}")) if tag else log
+        self.out = Path(cfg.out)
+        self.ck_dir = self.out / "checkpoints"
+        self.sub = _subset_indices(len(data.labels), cfg.subset, cfg.data_seed)
+        targets = data.labels if self.sub is None else data.labels[self.sub]
+        self.n_train = len(targets)
+        cfg.fill_from_data(data.image_shape, data.defaults, len(targets))
+        self.split = make_split(targets, cfg.labels, cfg.val_size, cfg.data_seed, num_classes=len(data.classes))
+        if len(self.split.unlabelled) < cfg.batch_size * ddp.world:
+            raise GenclsError(f"only {len(self.split.unlabelled)} training images outside validation, fewer than "
+                              f"one batch ({cfg.batch_size}" + (f" x {ddp.world} processes)" if ddp.world > 1 else ")"))
+        torch.manual_seed(cfg.seed)
+        self.method = create_method(cfg.method, cfg.method_config, data.image_shape, len(data.classes)).to(device)
+        self.guard = self.method.guard
+        self.guard.policy, self.guard.max_grad_norm = cfg.on_nan, cfg.max_grad_norm
+        self.guard.lazy = True  # checked every LOG_EVERY steps, before checkpoints and at epoch ends
+        if cfg.compile:
+            self.method.compile_networks()
+        self.rng = _rng_state(device)  # the stream as it was after building (setup draws from it)
+        self.own_rng = False  # True: this run's stream is swapped in for its steps (seeds taking turns)
+        first = data.images[:1000] if self.sub is None else data.images[self.sub[:1000]]
+        self.meta = {"method": cfg.method, "dataset": cfg.dataset, "classes": data.classes,
+                     "image_shape": list(data.image_shape), "config": cfg.to_dict(),
+                     "background": border_mean(first.float() / 255), "split_sizes": self.split.sizes(),
+                     "world_size": ddp.world}
+        self.split_tensors = {"labelled": self.split.labelled, "validation": self.split.validation}
+        self.index = None if self.sub is None else self.sub.to(device)  # split positions -> dataset rows
+        self.best, self.sums, self.runlog = {"val_error": None, "epoch": 0}, {}, distributed.NoLog()
+        self.data = data
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows of the in-memory dataset for positions in this run's (subset) split."""
+        idx = idx.to(self.device)
+        return idx if self.index is None else self.index[idx]
+
+    def need_bytes(self) -> int:
+        return (2 + self.cfg.keep) * checkpoint_bytes_estimate(self.method) + 2**20
+
+    def start(self, x_all: torch.Tensor, y_all: torch.Tensor, resume: bool) -> tuple[int, int, int]:
+        """Resume from the last checkpoint or initialise; returns (epoch, step within it, global step)."""
+        ddp, cfg, method, device = self.ddp, self.cfg, self.method, self.device
+        v = self.rows(self.split.validation)
+        self.x_val, self.y_val = x_all[v], y_all[v]
+        _set_rng_state(self.rng, device)
+        if resume:
+            last = self.ck_dir / "last.safetensors"
+            state, ck = parse_checkpoint(ddp.broadcast_bytes(last.read_bytes() if ddp.is_main else None), last)
+            for k, t in self.split_tensors.items():
+                if not torch.equal(state["split"][k], t):
+                    raise GenclsError(f"--resume: the {k} split recomputed from the data differs from the one in "
+                                      f"{last}; the dataset files changed since the run started")
+            validate_modules(method, state["method"]["modules"], last)
+            method.load_state(state["method"])
+            step, self.best, epoch_step = ck["step"], ck["best"], ck.get("epoch_step", 0)
+            world = ddp.world
+            ranks_rng = state.get("rng_ranks", {})
+            if ddp.rank and ck.get("world_size", 1) == world and str(ddp.rank) in ranks_rng:
+                _set_rng_state(ranks_rng[str(ddp.rank)], device)
+            else:
+                _set_rng_state(state["rng"], device)
+                ddp.reseed(cfg.seed + step)
+            epoch = ck["epoch"] + 1
+            if ck.get("world_size", 1) != world and ck.get("epoch_step", 0):
+                raise GenclsError(f"--resume: {last} was written inside epoch {epoch} by {ck.get('world_size', 1)} "
+                                  f"process(es); resume it with that many (a world size may change at an epoch end)")
+            self.sums = {k: t.to(device).clone() for k, t in state.get("sums", {}).items()}
+            self.guard.skipped = ck.get("skipped_steps", 0)
+            position = (epoch, epoch_step, step)
+        else:
+            def write_run_files():
+                atomic_write_json(self.out / "config.json", {**cfg.to_dict(), "world_size": ddp.world})
+                for name, obj in self.data.run_files.items():  # e.g. a folder dataset's skipped and held-out files
+                    atomic_write_json(self.out / name, obj)
+                    if isinstance(obj, dict) and obj.get("count"):
+                        self.log(f"data: {obj['count']} file(s) could not be decoded and were skipped: "
+                                 f"listed in {self.out / name}")
+                atomic_write_json(self.out / "split.json", {"data_seed": cfg.data_seed,
+                                                            "subset": None if self.sub is None else self.sub.tolist(),
+                                                            "labelled": self.split.labelled.tolist(),
+                                                            "validation": self.split.validation.tolist()})
+            ddp.on_main(write_run_files)
+            init_gen = torch.Generator().manual_seed(cfg.seed)
+            init_idx = self.split.unlabelled[torch.randperm(len(self.split.unlabelled), generator=init_gen)[:INIT_BATCH]]
+            method.train()
+            method.setup(x_all[self.rows(init_idx)])
+            ddp.reseed(cfg.seed)
+            position = (1, 0, 0)
+        self.rng = _rng_state(device)
+        ddp.broadcast_module(method)  # every process starts from rank 0's weights
+        ddp.attach(method)
+        return position
+
+    def open_log(self, first_epoch: int, resume: bool) -> None:
+        if self.ddp.is_main:
+            self.runlog = RunLog(self.out, self.cfg.tensorboard, truncate_after_epoch=first_epoch - 1 if resume else None)
+
+    def rng_state(self) -> dict:
+        return self.rng if self.own_rng else _rng_state(self.device)
+
+    def checkpoint(self, epoch_done: int, at_step: int, step: int, sums_now: dict) -> None:
+        """A mid-epoch checkpoint; called by every process (run the guard checks first), rank 0 writes."""
+        ddp = self.ddp
+        ddp.average_buffers(self.method)  # per-process batch-norm statistics (CPU) -> their average
+        rngs = ddp.gather_rng(self.rng_state())
+        sums_now = ddp.average(sums_now)
+        ddp.on_main(lambda: self.write_checkpoint(epoch_done, at_step, step, sums_now, ("last",), None, rngs))
+
+    def write_checkpoint(self, epoch_done, at_step, step, sums_now, names, val_error, rngs) -> None:
+        state = {"method": self.method.state(), "rng": rngs["0"], "split": self.split_tensors,
+                 "sums": {k: v.detach() for k, v in sums_now.items()}}
+        if self.ddp.world > 1:  # the other processes' random streams, for an exact resume
+            state["rng_ranks"] = {r: v for r, v in rngs.items() if r != "0"}
+        ck_meta = {**self.meta, "epoch": epoch_done, "epoch_step": at_step, "step": step, "best": self.best,
+                   "val_error": val_error, "skipped_steps": self.guard.skipped}
+        try:
+            for name in names:  # "last" goes last: it is the commit point
+                save_checkpoint(self.ck_dir / f"{name}.safetensors", state, ck_meta)
+        except OSError as e:
+            raise TrainingStopped(f"could not write a checkpoint into {self.ck_dir} ({e.strerror or e}); "
+                                  "the previous complete checkpoint is kept") from None
+
+    def end_epoch(self, epoch: int, step: int, iters: int, epoch_step: int, train_seconds: float, rngs: dict,
+                  evaluate: bool) -> dict:
+        """Rank 0, after every epoch: the metrics line and the log line; with ``evaluate``, also the
+        validation error, the checkpoints (last, best, kept epochs); sample grids every sample_every."""
+        cfg, method, out = self.cfg, self.method, self.out
+        sums = self.sums
+        val_error = error_rate(method, self.x_val, self.y_val) if evaluate else None
+        is_best = evaluate and (self.best["val_error"] is None
+                                or (val_error is not None and val_error < self.best["val_error"]))
+        if evaluate and val_error is None:  # no validation set: the latest model is the selected one
+            is_best = True
+        if is_best:
+            self.best = {"val_error": val_error, "epoch": epoch}
+        world = self.ddp.world
+        record = {"epoch": epoch, "step": step, "val_error": val_error,
+                  **{k: float(v) / iters for k, v in sums.items()},
+                  "best_val_error": self.best["val_error"], "skipped_steps": self.guard.skipped,
+                  "epoch_seconds": train_seconds,
+                  "images_per_second": (iters - epoch_step) * cfg.batch_size * world / max(train_seconds, 1e-9)}
+        if self.tag:
+            record["seed"] = cfg.seed
+        try:
+            self.runlog.epoch(record)
+            if evaluate:
+                names = ("best", "last") if is_best else ("last",)
+                if cfg.keep:
+                    names = (f"epoch_{epoch:04d}", *names)
+                self.write_checkpoint(epoch, 0, step, {}, names, val_error, rngs)
+                if cfg.keep:
+                    for old in sorted(self.ck_dir.glob("epoch_*.safetensors"))[: -cfg.keep]:
+                        old.unlink(missing_ok=True)
+                        old.with_suffix(".json").unlink(missing_ok=True)
+            if method.can_generate and cfg.sample_every and epoch % cfg.sample_every == 0:
+                g = torch.Generator(device=self.device).manual_seed(SAMPLE_SEED)
+                save_grid(method.generate(100, generator=g), out / "samples" / f"epoch_{epoch:03d}.png")
+        except OSError as e:
+            raise TrainingStopped(f"could not write into {out} ({e.strerror or e}); "
+                                  "the previous complete checkpoint is kept") from None
+        if evaluate:
+            val_txt = "n/a" if val_error is None else f"{100 * val_error:.2f}%"
+            best_txt = ("" if val_error is None
+                        else f" (best {100 * self.best['val_error']:.2f}% at epoch {self.best['epoch']})")
+        else:
+            val_txt, best_txt = f"not measured (--eval-every {cfg.eval_every})", ""
+        self.log(f"epoch {epoch}/{cfg.epochs}: val error {val_txt}{best_txt}, "
+                 + ", ".join(f"{k} {float(v) / iters:.4f}" for k, v in sums.items())
+                 + (f", skipped {self.guard.skipped} steps" if self.guard.skipped else "")
+                 + f", {train_seconds:.1f}s")
+        return record
+
+
+def _stepper(runs: list[_Run], cfg: TrainConfig, device, x_all, y_all, autocast, log):
+    """``step(batches) -> [losses per run]`` where ``batches`` holds each run's (labelled,
+    unlabelled) dataset rows for the step; and whether the runs are stacked into one model."""
+    if len(runs) == 1:
+        method = runs[0].method
+        if cfg.cuda_graphs:
+            graphed = _GraphedStep(method, x_all, y_all, autocast)
+            return (lambda batches: [graphed(*batches[0])]), False
+
+        def one(batches):
+            li, ui = batches[0]
+            with autocast():
+                return [method.train_step(x_all[li], y_all[li], None if ui is None else x_all[ui])]
+        return one, False
+
+    methods = [r.method for r in runs]
+    stack = None
+    if cfg.stack_seeds == "on" or (cfg.stack_seeds == "auto" and device.type == "cuda"):
+        stack = type(methods[0]).stack(methods, runs[0].guard)
+        if stack is None and cfg.stack_seeds == "on":
+            raise GenclsError(f"--stack-seeds on: method {cfg.method} has no batched step for several seeds "
+                              f"(with these networks); use --stack-seeds off")
+    if stack is not None:
+        for r in runs:
+            r.guard = runs[0].guard  # one guard for the stacked optimizers
+        _set_rng_state(runs[0].rng, device)  # one random stream for the stacked model
+        log(f"seeds {', '.join(str(r.cfg.seed) for r in runs)}: one batched model ({len(runs)} copies per layer)")
+
+        def stacked(batches):
+            li = torch.stack([b[0] for b in batches])
+            ui = None if batches[0][1] is None else torch.stack([b[1] for b in batches])
+            with autocast():
+                losses = stack.train_step(x_all[li], y_all[li], None if ui is None else x_all[ui])
+            return [{k: v[s] for k, v in losses.items()} for s in range(len(runs))]
+        return stacked, True
+
+    can_stack = type(methods[0]).stack.__func__ is not Method.stack.__func__
+    log(f"seeds {', '.join(str(r.cfg.seed) for r in runs)}: one step of each in turn, each with its own random stream"
+        + (" (--stack-seeds on: one batched model)" if can_stack and stack is None and cfg.stack_seeds != "off" else ""))
+    for r in runs:
+        r.own_rng = True
+
+    def in_turn(batches):
+        out = []
+        for r, (li, ui) in zip(runs, batches):
+            _set_rng_state(r.rng, device)
+            try:
+                with autocast():
+                    out.append(r.method.train_step(x_all[li], y_all[li], None if ui is None else x_all[ui]))
+            except NonFiniteError as e:
+                e.tag = r.tag
+                raise
+            r.rng = _rng_state(device)
+        return out
+    return in_turn, False
+
+
 def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_end) -> Path:
     def resolved():  # on rank 0 (whose machine holds the run folder), then shared
         cfg = _resolve_config(config, resume)
-        _check_out_dir(Path(cfg.out), resume, overwrite)
+        _check_out_dir(Path(cfg.out), resume, overwrite, cfg.seeds)
         return cfg.to_dict()
     cfg = TrainConfig.from_dict(ddp.on_main(resolved)).validate()
     out = Path(cfg.out)
@@ -249,139 +498,83 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     world = ddp.world
-
-    # everything a user can get wrong is checked before the run folder is touched
-    data = ddp.local_main_first(lambda: load_run_split(cfg, "train", log=log))
-    images, targets = data.images, data.labels
-    sub = _subset_indices(len(targets), cfg.subset, cfg.data_seed)
-    if sub is not None:
-        images, targets = images[sub], targets[sub]
-    cfg.fill_from_data(data.image_shape, data.defaults, len(targets))
-    split = make_split(targets, cfg.labels, cfg.val_size, cfg.data_seed, num_classes=len(data.classes))
-    if len(split.unlabelled) < cfg.batch_size * world:
-        raise GenclsError(f"only {len(split.unlabelled)} training images outside validation, "
-                          f"fewer than one batch ({cfg.batch_size}" + (f" x {world} processes)" if world > 1 else ")"))
-    torch.manual_seed(cfg.seed)
-    method = create_method(cfg.method, cfg.method_config, data.image_shape, len(data.classes)).to(device)
-    method.guard.policy, method.guard.max_grad_norm = cfg.on_nan, cfg.max_grad_norm
-    method.guard.lazy = True  # checked every LOG_EVERY steps, before checkpoints and at epoch ends
+    if cfg.seeds is not None and world > 1:
+        raise GenclsError("--seeds cannot be combined with torchrun: train the seeds data-parallel one after another")
     if cfg.cuda_graphs and device.type != "cuda":
         raise GenclsError(f"--cuda-graphs needs a CUDA device; this run is on {device}")
     if cfg.cuda_graphs and world > 1:
         raise GenclsError("--cuda-graphs cannot be used with several processes: the gradient all-reduce "
                           "runs between the captured steps; leave it out under torchrun")
-    if cfg.compile:
-        method.compile_networks()
+    if cfg.cuda_graphs and cfg.seeds is not None and len(cfg.seeds) > 1:
+        raise GenclsError("--cuda-graphs captures one model's step; leave it out with several --seeds")
+
+    # everything a user can get wrong is checked before the run folder is touched
+    data = ddp.local_main_first(lambda: load_run_split(cfg, "train", log=log))
+    several = cfg.seeds is not None
+    runs = [_Run(ddp, cfg.for_seed(s) if several else cfg, data, device, log, tag=f"seed {s}" if several else "")
+            for s in cfg.seed_list]
     if cfg.precision == "bf16":
         def autocast():
             return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
     else:
         autocast = contextlib.nullcontext
     if not resume:
-        ddp.on_main(lambda: _make_run_dir(out, overwrite, (2 + cfg.keep) * checkpoint_bytes_estimate(method) + 2**20))
+        need = sum(r.need_bytes() for r in runs)
+        ddp.on_main(lambda: _make_run_dir(out, overwrite, need))
+        if several:
+            for r in runs:
+                _make_run_dir(r.out, False, 0)
+            atomic_write_json(out / "seeds.json", {"seeds": cfg.seeds, "runs": [r.out.name for r in runs],
+                                                   "config": cfg.to_dict()})
 
-    sizes = split.sizes()
-    log(f"data: {cfg.dataset} train {len(targets)} images -> labelled {sizes['labelled']}, "
-        f"validation {sizes['validation']}, unlabelled {sizes['unlabelled']} (data seed {cfg.data_seed})")
-    x_all = images.to(device).float().div_(255)
-    y_all = targets.to(device)
-    x_val, y_val = x_all[split.validation.to(device)], y_all[split.validation.to(device)]
-    meta = {"method": cfg.method, "dataset": cfg.dataset, "classes": data.classes,
-            "image_shape": list(data.image_shape), "config": cfg.to_dict(),
-            "background": border_mean(images[:1000].float() / 255), "split_sizes": sizes, "world_size": world}
-    iters = len(split.unlabelled) // (cfg.batch_size * world)
-    streams = method.unlabelled_batches
-    split_tensors = {"labelled": split.labelled, "validation": split.validation}
-    ck_dir = out / "checkpoints"
+    for r in runs:
+        sizes = r.split.sizes()
+        r.log(f"data: {cfg.dataset} train {r.n_train} images -> labelled {sizes['labelled']}, "
+              f"validation {sizes['validation']}, unlabelled {sizes['unlabelled']} (data seed {r.cfg.data_seed})")
+    x_all = data.images.to(device).float().div_(255)
+    y_all = data.labels.to(device)
+    iters = len(runs[0].split.unlabelled) // (cfg.batch_size * world)
+    streams = runs[0].method.unlabelled_batches
 
-    # where to start: a fresh run, or the position of the last checkpoint (possibly mid-epoch)
-    epoch, epoch_step, step, best, sums = 1, 0, 0, {"val_error": None, "epoch": 0}, {}
+    positions = [r.start(x_all, y_all, resume) for r in runs]
+    epoch, epoch_step, step = positions[0]
+    if any(p != positions[0] for p in positions):
+        raise GenclsError("--resume: the seeds' last checkpoints are at different points ("
+                          + ", ".join(f"{r.tag} epoch {p[0] - (0 if p[1] else 1)}" + (f" step {p[1]}" if p[1] else "")
+                                      for r, p in zip(runs, positions))
+                          + "); resume the seed folders one by one (gencls train --resume --out OUT/seed-S)")
     if resume:
-        last = ck_dir / "last.safetensors"
-        state, ck = parse_checkpoint(ddp.broadcast_bytes(last.read_bytes() if ddp.is_main else None), last)
-        for k, v in split_tensors.items():
-            if not torch.equal(state["split"][k], v):
-                raise GenclsError(f"--resume: the {k} split recomputed from the data differs from the one in "
-                                  f"{last}; the dataset files changed since the run started")
-        validate_modules(method, state["method"]["modules"], last)
-        method.load_state(state["method"])
-        step, best, epoch_step = ck["step"], ck["best"], ck.get("epoch_step", 0)
-        ranks_rng = state.get("rng_ranks", {})
-        if ddp.rank and ck.get("world_size", 1) == world and str(ddp.rank) in ranks_rng:
-            _set_rng_state(ranks_rng[str(ddp.rank)], device)
-        else:
-            _set_rng_state(state["rng"], device)
-            ddp.reseed(cfg.seed + step)
-        epoch = ck["epoch"] + 1
-        if ck.get("world_size", 1) != world and ck.get("epoch_step", 0):
-            raise GenclsError(f"--resume: {last} was written inside epoch {epoch} by {ck.get('world_size', 1)} "
-                              f"process(es); resume it with that many (a world size may change at an epoch end)")
-        sums = {k: v.to(device).clone() for k, v in state.get("sums", {}).items()}
-        method.guard.skipped = ck.get("skipped_steps", 0)
-        where = f"epoch {epoch}, step {epoch_step} of {iters}" if epoch_step else f"the end of epoch {ck['epoch']}"
+        where = f"epoch {epoch}, step {epoch_step} of {iters}" if epoch_step else f"the end of epoch {epoch - 1}"
         log(f"resuming {out} from {where} (global step {step})")
-    else:
-        def write_run_files():
-            atomic_write_json(out / "config.json", {**cfg.to_dict(), "world_size": world})
-            for name, obj in data.run_files.items():  # e.g. a folder dataset's skipped and held-out files
-                atomic_write_json(out / name, obj)
-                if isinstance(obj, dict) and obj.get("count"):
-                    log(f"data: {obj['count']} file(s) could not be decoded and were skipped: listed in {out / name}")
-            atomic_write_json(out / "split.json", {"data_seed": cfg.data_seed,
-                                                   "subset": None if sub is None else sub.tolist(),
-                                                   "labelled": split.labelled.tolist(),
-                                                   "validation": split.validation.tolist()})
-        ddp.on_main(write_run_files)
-        init_gen = torch.Generator().manual_seed(cfg.seed)
-        init_idx = split.unlabelled[torch.randperm(len(split.unlabelled), generator=init_gen)[:INIT_BATCH]]
-        method.train()
-        method.setup(x_all[init_idx.to(device)])
-        ddp.reseed(cfg.seed)
-    ddp.broadcast_module(method)  # every process starts from rank 0's weights
-    ddp.attach(method)
-    log(f"method: {cfg.method} ({method.parameter_count():,} parameters) on {device}, "
+    method0 = runs[0].method
+    log(f"method: {cfg.method} ({method0.parameter_count():,} parameters"
+        + (f" per seed, {len(runs)} seeds" if several else "") + f") on {device}, "
         f"{iters} iterations of batch {cfg.batch_size} per epoch, epochs {epoch}..{cfg.epochs}"
         + (f", {world} processes (batch {cfg.batch_size} each, {cfg.batch_size * world} per step)" if world > 1 else ""))
+    for r in runs:
+        r.open_log(epoch, resume)
+    run_step, stacked = _stepper(runs, cfg, device, x_all, y_all, autocast, log)
 
-    runlog = (RunLog(out, cfg.tensorboard, truncate_after_epoch=epoch - 1 if resume else None) if ddp.is_main
-              else distributed.NoLog())
-
-    def check_guard(bad_steps_ago_base: int) -> None:
-        """A lazy divergence check; the failed step is named by its global number and epoch."""
-        try:
-            method.guard.check()
-        except NonFiniteError as e:
-            stopped(e, bad_steps_ago_base - getattr(e, "steps_ago", 0))
-
-    def stopped(e: NonFiniteError, bad_step: int):
+    def stopped(e: NonFiniteError, bad_step: int, tag: str = ""):
+        where = f"{tag}: " if tag else ("one of the stacked seeds: " if stacked else "")
         raise TrainingStopped(
-            f"step {bad_step} (epoch {epoch}): {e}; stopped. The last good checkpoint "
-            f"({ck_dir / 'last.safetensors'}) is kept; --on-nan skip skips such batches instead") from None
+            f"{where}step {bad_step} (epoch {epoch}): {e}; stopped. The last good checkpoint "
+            + (f"of each seed (in {out}/seed-S/checkpoints)" if several else f"({runs[0].ck_dir / 'last.safetensors'})")
+            + " is kept; --on-nan skip skips such batches instead") from None
 
-    def checkpoint(epoch_done: int, at_step: int, sums_now: dict, names: tuple[str, ...] = ("last",),
-                   val_error: float | None = None) -> None:
-        """Called by every process; rank 0 writes."""
-        check_guard(step)  # never save the result of a masked (failed) update
-        ddp.average_buffers(method)  # per-process batch-norm statistics (CPU) -> their average
-        rngs = ddp.gather_rng(_rng_state(device))
-        sums_now = ddp.average(sums_now)
-        ddp.on_main(lambda: write_checkpoint(epoch_done, at_step, sums_now, names, val_error, rngs))
+    def check_guards(bad_steps_ago_base: int) -> None:
+        """Lazy divergence checks; a failed step is named by its global number and epoch."""
+        for r in runs[:1] if stacked else runs:
+            try:
+                r.guard.check()
+            except NonFiniteError as e:
+                stopped(e, bad_steps_ago_base - getattr(e, "steps_ago", 0), r.tag if not stacked else "")
 
-    def write_checkpoint(epoch_done, at_step, sums_now, names, val_error, rngs) -> None:
-        state = {"method": method.state(), "rng": rngs["0"], "split": split_tensors,
-                 "sums": {k: v.detach() for k, v in sums_now.items()}}
-        if world > 1:  # the other processes' random streams, for an exact resume
-            state["rng_ranks"] = {r: v for r, v in rngs.items() if r != "0"}
-        ck_meta = {**meta, "epoch": epoch_done, "epoch_step": at_step, "step": step, "best": best,
-                   "val_error": val_error, "skipped_steps": method.guard.skipped}
-        try:
-            for name in names:  # "last" goes last: it is the commit point
-                save_checkpoint(ck_dir / f"{name}.safetensors", state, ck_meta)
-        except OSError as e:
-            raise TrainingStopped(f"could not write a checkpoint into {ck_dir} ({e.strerror or e}); "
-                                  "the previous complete checkpoint is kept") from None
+    def checkpoint_all(at_step: int) -> None:
+        check_guards(step)  # never save the result of a masked (failed) update
+        for r in runs:
+            r.checkpoint(epoch - 1, at_step, step, r.sums)
 
-    run_step = _GraphedStep(method, x_all, y_all, autocast) if cfg.cuda_graphs else None
     matmul_precision = torch.get_float32_matmul_precision()
     t_start = time.time()
     try:
@@ -389,103 +582,92 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
         with _StopSignals() as signals:
             while epoch <= cfg.epochs:
                 t0 = time.time()
-                lab_idx, unl_idx = _epoch_batches(split, iters, cfg.batch_size, streams, cfg.seed, epoch,
-                                                  ddp.rank, world)
-                lab_idx = lab_idx.to(device)
-                unl_idx = unl_idx.to(device) if streams else None
-                method.train()
+                epoch_batches = []
+                for r in runs:
+                    lab, unl = _epoch_batches(r.split, iters, cfg.batch_size, streams, r.cfg.seed, epoch, ddp.rank, world)
+                    epoch_batches.append((r.rows(lab), r.rows(unl) if streams else None))
+                for r in runs:
+                    r.method.train()
                 bar = tqdm(range(epoch_step, iters), initial=epoch_step, total=iters, desc=f"epoch {epoch}/{cfg.epochs}",
                            disable=not (cfg.progress and ddp.is_main), leave=False, dynamic_ncols=True)
                 for i in bar:
-                    li = lab_idx[i]
                     try:
-                        if run_step is not None:
-                            losses = run_step(li, unl_idx[i] if streams else None)
-                        else:
-                            with autocast():
-                                losses = method.train_step(x_all[li], y_all[li], x_all[unl_idx[i]] if streams else None)
+                        losses = run_step([(lab[i], unl[i] if unl is not None else None) for lab, unl in epoch_batches])
                     except NonFiniteError as e:
-                        stopped(e, step + 1 - getattr(e, "steps_ago", 0))
-                    for k, v in losses.items():  # summed on the device: no host sync per step
-                        if k in sums:
-                            sums[k].add_(v)
-                        else:
-                            sums[k] = v.detach().clone()
+                        stopped(e, step + 1 - getattr(e, "steps_ago", 0), getattr(e, "tag", ""))
+                    for r, run_losses in zip(runs, losses):
+                        for k, v in run_losses.items():  # summed on the device: no host sync per step
+                            if k in r.sums:
+                                r.sums[k].add_(v)
+                            else:
+                                r.sums[k] = v.detach().clone()
                     step += 1
                     if (i + 1) % LOG_EVERY == 0 or i + 1 == iters:
-                        check_guard(step)
-                        bar.set_postfix({k: f"{float(v) / (i + 1):.3f}" for k, v in sums.items()}, refresh=False)
-                        runlog.scalars({k: float(v) for k, v in losses.items()}, step)
+                        check_guards(step)
+                        sums0 = runs[0].sums
+                        bar.set_postfix({k: f"{float(v) / (i + 1):.3f}" for k, v in sums0.items()}, refresh=False)
+                        for r, run_losses in zip(runs, losses):
+                            r.runlog.scalars({k: float(v) for k, v in run_losses.items()}, step)
                     signum = ddp.agree_stop(signals.signum, step)  # all processes stop at the same step
                     if signum is not None and i + 1 < iters:
-                        checkpoint(epoch - 1, i + 1, sums)
+                        checkpoint_all(i + 1)
                         name = signal.Signals(signum).name
                         raise TrainingStopped(f"{name}: stopped after step {step} (epoch {epoch}, {i + 1}/{iters}); "
                                               f"checkpoint written. Continue with `gencls train --resume --out {out}`",
                                               exit_code=130 if signum == signal.SIGINT else 143)
                     if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and i + 1 < iters:
-                        checkpoint(epoch - 1, i + 1, sums)
+                        checkpoint_all(i + 1)
                 bar.close()
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 train_seconds = time.time() - t0
-                sums = ddp.average(sums)  # the epoch's mean losses over all processes
-                bad = [k for k, v in sums.items() if not math.isfinite(float(v))]
-                if bad:  # a method that does not guard its steps: never checkpoint a diverged model
-                    raise TrainingStopped(f"epoch {epoch}: loss term {bad[0]} is not finite; stopped. The last good "
-                                          f"checkpoint ({ck_dir / 'last.safetensors'}) is kept")
-                ddp.average_buffers(method)
-                ddp.check_in_sync(method)
-                rngs = ddp.gather_rng(_rng_state(device))
+                out_of_time = cfg.minutes is not None and time.time() - t_start > 60 * cfg.minutes
+                evaluate = epoch % cfg.eval_every == 0 or epoch == cfg.epochs or bool(ddp.broadcast_json(out_of_time))
+                for r in runs:
+                    r.sums = ddp.average(r.sums)  # the epoch's mean losses over all processes
+                    bad = [k for k, v in r.sums.items() if not math.isfinite(float(v))]
+                    if bad:  # a method that does not guard its steps: never checkpoint a diverged model
+                        raise TrainingStopped(f"{r.tag + ': ' if r.tag else ''}epoch {epoch}: loss term {bad[0]} is "
+                                              f"not finite; stopped. The last good checkpoint "
+                                              f"({r.ck_dir / 'last.safetensors'}) is kept")
+                    ddp.average_buffers(r.method)
+                    ddp.check_in_sync(r.method)
+                    rngs = ddp.gather_rng(r.rng_state())
 
-                def end_epoch() -> bool:  # rank 0: validate, log, write; returns whether to stop
-                    nonlocal best
-                    val_error = error_rate(method, x_val, y_val)
-                    is_best = best["val_error"] is None or (val_error is not None and val_error < best["val_error"])
-                    if val_error is None:  # no validation set: the latest model is the selected one
-                        is_best = True
-                    if is_best:
-                        best = {"val_error": val_error, "epoch": epoch}
-                    record = {"epoch": epoch, "step": step, "val_error": val_error,
-                              **{k: float(v) / iters for k, v in sums.items()},
-                              "best_val_error": best["val_error"], "skipped_steps": method.guard.skipped,
-                              "epoch_seconds": train_seconds,
-                              "images_per_second": (iters - epoch_step) * cfg.batch_size * world / max(train_seconds, 1e-9)}
-                    try:
-                        runlog.epoch(record)
-                        names = ("best", "last") if is_best else ("last",)
-                        if cfg.keep:
-                            names = (f"epoch_{epoch:04d}", *names)
-                        write_checkpoint(epoch, 0, {}, names, val_error, rngs)
-                        if cfg.keep:
-                            for old in sorted(ck_dir.glob("epoch_*.safetensors"))[: -cfg.keep]:
-                                old.unlink(missing_ok=True)
-                                old.with_suffix(".json").unlink(missing_ok=True)
-                        if method.can_generate and cfg.sample_every and epoch % cfg.sample_every == 0:
-                            g = torch.Generator(device=device).manual_seed(SAMPLE_SEED)
-                            save_grid(method.generate(100, generator=g), out / "samples" / f"epoch_{epoch:03d}.png")
-                    except OSError as e:
-                        raise TrainingStopped(f"could not write into {out} ({e.strerror or e}); "
-                                              "the previous complete checkpoint is kept") from None
-                    val_txt = "n/a" if val_error is None else f"{100 * val_error:.2f}%"
-                    best_txt = "" if val_error is None else f" (best {100 * best['val_error']:.2f}% at epoch {best['epoch']})"
-                    log(f"epoch {epoch}/{cfg.epochs}: val error {val_txt}{best_txt}, "
-                        + ", ".join(f"{k} {float(v) / iters:.4f}" for k, v in sums.items())
-                        + (f", skipped {method.guard.skipped} steps" if method.guard.skipped else "")
-                        + f", {train_seconds:.1f}s")
-                    if on_epoch_end is not None:
-                        on_epoch_end(record, method)
-                    return cfg.minutes is not None and time.time() - t_start > 60 * cfg.minutes
-
-                stop = ddp.on_main(end_epoch)
-                epoch, epoch_step, sums = epoch + 1, 0, {}
-                if stop and epoch <= cfg.epochs:
+                    def end_epoch(r=r, rngs=rngs):
+                        record = r.end_epoch(epoch, step, iters, epoch_step, train_seconds, rngs, evaluate)
+                        if on_epoch_end is not None:
+                            on_epoch_end(record, r.method)
+                    ddp.on_main(end_epoch)
+                epoch, epoch_step = epoch + 1, 0
+                for r in runs:
+                    r.sums = {}
+                if out_of_time and epoch <= cfg.epochs:
                     log(f"stopping after epoch {epoch - 1}: the {cfg.minutes}-minute budget is spent")
                     break
     except KeyboardInterrupt:
         raise TrainingStopped(f"interrupted; finished epochs are saved in {out}. Continue with "
                               f"`gencls train --resume --out {out}`", exit_code=130) from None
     finally:
-        runlog.close()
+        for r in runs:
+            r.runlog.close()
         torch.set_float32_matmul_precision(matmul_precision)
+    if several:
+        _seeds_summary(runs, cfg, out, log)
     return out
+
+
+def _seeds_summary(runs: list[_Run], cfg: TrainConfig, out: Path, log) -> None:
+    """OUT/seeds.json: each seed's best validation error and epoch, with their mean and std."""
+    rows = [{"seed": r.cfg.seed, "data_seed": r.cfg.data_seed, "run": r.out.name,
+             "best_val_error": r.best["val_error"], "best_epoch": r.best["epoch"]} for r in runs]
+    errs = [row["best_val_error"] for row in rows if row["best_val_error"] is not None]
+    summary = {"seeds": [r.cfg.seed for r in runs], "runs": [r.out.name for r in runs],
+               "config": cfg.to_dict(), "results": rows}
+    if errs:
+        t = torch.tensor(errs, dtype=torch.float64) * 100
+        summary["best_val_error_percent"] = {"mean": float(t.mean()), "std": float(t.std()) if len(errs) > 1 else 0.0}
+        log(f"seeds {', '.join(str(r.cfg.seed) for r in runs)}: best validation error "
+            + ", ".join(f"{100 * e:.2f}%" for e in errs)
+            + f"; mean {summary['best_val_error_percent']['mean']:.2f} ± {summary['best_val_error_percent']['std']:.2f}%")
+    atomic_write_json(out / "seeds.json", summary)

@@ -1,0 +1,159 @@
+"""Several seeds in one process (``gencls train --seeds``): in turn they give exactly the numbers of
+separate runs; stacked (one batched model) the same computation per seed; every seed folder is a
+complete run; resume, the summary and the errors a user can cause."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import gencls
+from gencls.methods import StepGuard, create_method
+from gencls.training.runlog import read_metrics
+
+TIMING = ("epoch_seconds", "images_per_second")
+
+
+def cfg(tmp_path, name, **kw):
+    base = dict(method="supervised", dataset="mnist", labels=100, val_size=200, subset=1200, epochs=2,
+                batch_size=50, out=str(tmp_path / name), progress=False, tensorboard=False, sample_every=0,
+                device="cpu")
+    base.update(kw)
+    return gencls.TrainConfig(**base)
+
+
+def rows(run, drop=("seed",)):
+    return [{k: v for k, v in r.items() if k not in TIMING + drop} for r in read_metrics(run)]
+
+
+def test_seeds_in_turn_equal_separate_runs(tmp_path, data_root):
+    out = gencls.train(cfg(tmp_path, "multi", seeds=[1, 2], stack_seeds="off"), log=lambda s: None)
+    single = gencls.train(cfg(tmp_path, "single", seed=2, data_seed=2), log=lambda s: None)
+    assert rows(out / "seed-2") == rows(single)  # every loss, error and step count
+    assert [r["seed"] for r in read_metrics(out / "seed-2")] == [2, 2]
+    x = torch.rand(8, 1, 28, 28)
+    assert torch.equal(gencls.load_run(out / "seed-2").logits(x), gencls.load_run(single).logits(x))
+    # each seed folder is a complete run: its own split (data seed = seed), config, checkpoints
+    s1 = json.loads((out / "seed-1" / "split.json").read_text())
+    s2 = json.loads((out / "seed-2" / "split.json").read_text())
+    assert (s1["data_seed"], s2["data_seed"]) == (1, 2) and s1["labelled"] != s2["labelled"]
+    assert json.loads((out / "seed-1" / "config.json").read_text())["seed"] == 1
+    summary = json.loads((out / "seeds.json").read_text())
+    assert summary["seeds"] == [1, 2] and [r["run"] for r in summary["results"]] == ["seed-1", "seed-2"]
+    errs = [r["best_val_error"] for r in summary["results"]]
+    assert summary["best_val_error_percent"]["mean"] == pytest.approx(100 * sum(errs) / 2)
+    with pytest.raises(gencls.GenclsError, match="one run per seed"):
+        gencls.load_run(out)
+
+
+def test_seeds_share_one_split_when_data_seed_is_given(tmp_path, data_root):
+    out = gencls.train(cfg(tmp_path, "m", seeds=[3, 4], data_seed=7, epochs=1), log=lambda s: None)
+    s3, s4 = (json.loads((out / f"seed-{s}" / "split.json").read_text()) for s in (3, 4))
+    assert s3 == s4 and s3["data_seed"] == 7
+
+
+def test_seeds_resume_equals_uninterrupted(tmp_path, data_root):
+    full = gencls.train(cfg(tmp_path, "full", seeds=[1, 2], epochs=3), log=lambda s: None)
+    part = gencls.train(cfg(tmp_path, "part", seeds=[1, 2], epochs=1), log=lambda s: None)
+    gencls.train({"out": str(part), "epochs": 3}, resume=True, log=lambda s: None)
+    for s in (1, 2):
+        assert rows(full / f"seed-{s}") == rows(part / f"seed-{s}")
+    assert json.loads((part / "seeds.json").read_text())["results"] == json.loads((full / "seeds.json").read_text())["results"]
+
+
+def _improved_gans(n_seeds, **config):
+    methods = []
+    for s in range(n_seeds):
+        torch.manual_seed(s)
+        m = create_method("improved-gan", {"hidden": [64, 32], **config}, (1, 28, 28), 10)
+        m.train()
+        m.setup(torch.rand(50, 1, 28, 28))
+        for module in m.disc.modules():  # no noise: both sides must see the same numbers
+            if hasattr(module, "sigma"):
+                module.sigma = 0.0
+        methods.append(m)
+    return methods
+
+
+def test_stacked_improved_gan_step_equals_separate_steps():
+    """Three seeds as one batched model take the same steps as three separate models: losses,
+    weights, Adam moments and EMA weights after three steps (the generator's inputs are the same)."""
+    S, B = 3, 8
+    separate, stacked = _improved_gans(S), _improved_gans(S)
+    stack = type(stacked[0]).stack(stacked, StepGuard())
+    torch.manual_seed(5)
+    x_lab, y_lab, x_unl = torch.rand(S, B, 1, 28, 28), torch.randint(0, 10, (S, B)), torch.rand(S, 2 * B, 1, 28, 28)
+    for step in range(3):
+        torch.manual_seed(100 + step)
+        z_fake, z_gen = torch.rand(S, B, 100), torch.rand(S, B, 100)  # the stacked step's draws, in its order
+        torch.manual_seed(100 + step)
+        out = stack.train_step(x_lab, y_lab, x_unl)
+        for s, m in enumerate(separate):
+            queue = [z_fake[s], z_gen[s]]
+            m._noise.uniform = lambda shape, device=None, q=queue: q.pop(0)
+            ref = m.train_step(x_lab[s], y_lab[s], x_unl[s])
+            for k, v in ref.items():
+                torch.testing.assert_close(out[k][s], v, rtol=1e-4, atol=1e-5)
+    for a, b in zip(separate, stacked):
+        for k, v in a.state_dict().items():
+            torch.testing.assert_close(b.state_dict()[k], v, rtol=1e-4, atol=1e-5)
+        for opt in ("opt_d", "opt_g"):
+            sa, sb = getattr(a, opt).state_dict()["state"], getattr(b, opt).state_dict()["state"]
+            for i in sa:
+                torch.testing.assert_close(sb[i]["exp_avg"], sa[i]["exp_avg"], rtol=1e-4, atol=1e-7)
+                assert float(sb[i]["step"]) == float(sa[i]["step"]) == 3
+        assert b.ema.updates == a.ema.updates == 3
+
+
+def test_stacked_seeds_train_and_resume_exactly(tmp_path, data_root):
+    kw = dict(method="improved-gan", seeds=[1, 2], stack_seeds="on", subset=2000, batch_size=100)
+    full = gencls.train(cfg(tmp_path, "full", epochs=2, **kw), log=lambda s: None)
+    part = gencls.train(cfg(tmp_path, "part", epochs=1, **kw), log=lambda s: None)
+    gencls.train({"out": str(part), "epochs": 2}, resume=True, log=lambda s: None)
+    x = torch.rand(8, 1, 28, 28)
+    for s in (1, 2):
+        r = read_metrics(full / f"seed-{s}")
+        assert r[-1]["best_val_error"] < 0.6  # it learns (chance: 90 %)
+        assert rows(full / f"seed-{s}") == rows(part / f"seed-{s}")  # resume is exact, stacked too
+        run = gencls.load_run(full / f"seed-{s}", which="last")
+        assert torch.equal(run.logits(x), gencls.load_run(part / f"seed-{s}", which="last").logits(x))
+    # the seeds are independent models
+    a, b = (gencls.load_run(full / f"seed-{s}", which="last").logits(x) for s in (1, 2))
+    assert not torch.allclose(a, b)
+    # a stacked seed's folder resumes alone, as an ordinary run
+    gencls.train({"out": str(full / "seed-1"), "epochs": 3}, resume=True, log=lambda s: None)
+    assert len(read_metrics(full / "seed-1")) == 3
+
+
+def test_stack_on_refused_for_a_method_without_a_batched_step(tmp_path, data_root):
+    with pytest.raises(gencls.GenclsError, match="no batched step"):
+        gencls.train(cfg(tmp_path, "x", seeds=[1, 2], stack_seeds="on", epochs=1), log=lambda s: None)
+
+
+def test_eval_every_validates_and_checkpoints_every_n_epochs(tmp_path, data_root):
+    out = gencls.train(cfg(tmp_path, "e", epochs=3, eval_every=2), log=lambda s: None)
+    vals = [r["val_error"] for r in read_metrics(out)]
+    assert vals[0] is None and vals[1] is not None and vals[2] is not None  # epoch 2 and the last
+    assert json.loads((out / "checkpoints" / "last.json").read_text())["meta"]["epoch"] == 3
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "gencls", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_seeds(tmp_path, data_root):
+    out = tmp_path / "c"
+    r = cli("train", "--method", "supervised", "--seeds", "1-2", "--subset", "1200", "--val-size", "200",
+            "--epochs", "1", "--batch-size", "50", "--device", "cpu", "--out", str(out), "--no-progress",
+            "--no-tensorboard", "--sample-every", "0")
+    assert r.returncode == 0, r.stderr
+    assert "seed-S" in r.stdout and "mean" in r.stdout + r.stderr
+    assert (out / "seed-1" / "checkpoints" / "best.safetensors").exists()
+    r = cli("evaluate", str(out))
+    assert r.returncode != 0 and "one run per seed" in r.stderr and "Traceback" not in r.stderr
+    r = cli("evaluate", str(out / "seed-2"), "--split", "val")
+    assert r.returncode == 0, r.stderr
+    for bad in ("1,1", "x", "3-"):
+        r = cli("train", "--seeds", bad, "--out", str(tmp_path / "bad"))
+        assert r.returncode == 2 and "--seeds" in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)
