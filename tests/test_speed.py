@@ -21,6 +21,7 @@ def _pair(hidden=(64, 32, 16)):
     fused = create_method("improved-gan", {"fused": True, "hidden": list(hidden)}, SHAPE, 10).train()
     fused.load_state_dict(plain.state_dict())
     fused.ema.reset(fused.disc)
+    fused._noise.parallel = False  # the plain step's draws, in its order (not the two-thread noise)
     return plain, fused
 
 
@@ -65,6 +66,61 @@ def test_noise_bank_draws_what_randn_like_and_rand_draw():
     b = [bank.add_normal(x, 0.5), bank.uniform((4, 5)).clone(), bank.add_normal(x, 0.5)]
     for u, v in zip(a, b):
         torch.testing.assert_close(u, v)
+
+
+def test_prefilled_noise_is_standard_normal_reproducible_and_in_order():
+    """A step's noise drawn at once on two threads: N(0, 1), a function of the default
+    generator's state (a resumed run draws the same), handed out in the planned order."""
+    torch.set_num_threads(2)
+    bank, x = NoiseBank(), torch.zeros(600, 1000)
+    shapes = [(600, 1000), (600, 500), (7, 3)]
+
+    def draw(seed):
+        torch.manual_seed(seed)
+        bank.prefill(shapes, x)
+        return [bank.add_normal(torch.zeros(s), 1.0) for s in shapes]
+
+    a, b = draw(1), draw(1)
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+    flat = torch.cat([t.flatten() for t in a])
+    assert abs(float(flat.mean())) < 5e-3 and abs(float(flat.std()) - 1) < 5e-3
+    first, second = flat[: len(flat) // 2], flat[len(flat) // 2:]  # the two threads' halves
+    assert abs(float(torch.corrcoef(torch.stack([first[:100000], second[:100000]]))[0, 1])) < 0.02
+    assert not torch.equal(draw(2)[0], a[0])
+    torch.manual_seed(1)
+    bank.prefill(shapes, x)
+    with pytest.raises(RuntimeError, match="prefilled for shape"):
+        bank.add_normal(torch.zeros(3, 3), 1.0)
+    bank.parallel = False  # then prefill draws nothing and each call draws its own
+    torch.manual_seed(3)
+    bank.prefill(shapes, x)
+    torch.manual_seed(3)
+    drawn = bank.add_normal(x, 0.5)
+    torch.manual_seed(3)
+    torch.testing.assert_close(drawn, x + torch.randn_like(x) * 0.5)
+
+
+def test_weight_norm_function_matches_autograd():
+    """The hand-written backward of (x vᵀ) g/‖v‖ + b against autograd (float64 gradcheck and fp32)."""
+    from gencls.nets.layers import _WNLinearFunction
+
+    torch.manual_seed(0)
+    args = [torch.randn(5, 4, dtype=torch.float64, requires_grad=True),
+            torch.randn(3, 4, dtype=torch.float64, requires_grad=True),
+            torch.rand(3, dtype=torch.float64, requires_grad=True) + 0.5,
+            torch.randn(3, dtype=torch.float64, requires_grad=True)]
+    assert torch.autograd.gradcheck(lambda *a: _WNLinearFunction.apply(*a)[0], args)
+    x, v, g, b = (t.detach().float().requires_grad_() for t in args)
+    x2, v2, g2, b2 = (t.detach().clone().requires_grad_() for t in (x, v, g, b))
+    y = _WNLinearFunction.apply(x, v, g, b)[0]
+    ref = torch.addcmul(b2, x2 @ v2.t(), g2 / v2.norm(dim=1))
+    torch.testing.assert_close(y, ref)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    ref.backward(dy)
+    for a, r in zip((x, v, g, b), (x2, v2, g2, b2)):
+        torch.testing.assert_close(a.grad, r.grad, rtol=1e-5, atol=1e-6)
 
 
 def test_flops_per_step_from_the_layer_shapes():

@@ -121,7 +121,9 @@ class ImprovedGAN(Method):
                 "train_err": train_err}
 
     def _fused_step(self, x_lab, y_lab, x_unl):
-        """The same computation as ``_plain_step`` (same random draws in the same order), faster:
+        """The same computation as ``_plain_step`` (the same random draws in the same order with
+        ``self._noise.parallel = False``; by default on a multi-threaded CPU the Gaussian noise is
+        drawn on two threads, same distribution, other numbers), faster:
         weight normalisation scales the layer outputs (x v^T) g/||v|| instead of forming
         W = v g/||v|| (fewer passes over the weights, forward and backward), the discriminator's
         scales are computed once for both generator-step passes, noise goes into preallocated
@@ -130,10 +132,12 @@ class ImprovedGAN(Method):
         nz, noise = self.gen.nz, self._noise
         x_unl_d, x_unl_g = x_unl.flatten(1).chunk(2)
         n_fake, n_gen = x_unl_d.shape[0], x_unl_g.shape[0]
+        dims = self.disc.noise_dims()  # the step's Gaussian noise, drawn at once (on two threads on a CPU)
+        noise.prefill([(len(y_lab) + 2 * n_fake, d) for d in dims] + [(n_gen, d) for d in dims] * 2, x_unl)
 
         with torch.no_grad():
             fake = self.gen(noise.uniform((n_fake, nz), x_unl.device))
-        logits, _ = self.disc(torch.cat([x_lab.flatten(1), x_unl_d, fake.flatten(1)]), self.disc.weights(), noise)
+        logits, _ = self.disc(torch.cat([x_lab.flatten(1), x_unl_d, fake.flatten(1)]), None, noise)
         l_lab, loss_lab, loss_unl = self._discriminator_update(logits, y_lab, n_fake)
 
         fake = self.gen(noise.uniform((n_gen, nz), x_unl.device))

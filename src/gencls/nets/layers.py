@@ -1,6 +1,8 @@
 """Network blocks shared by methods."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,10 +40,22 @@ class NoiseBank:
     ``torch.rand(shape)``: the same draws from the same generator in the same order, without a
     new random tensor each call. A buffer is never saved for backward (addition does not keep
     its inputs), so refilling it later is safe.
+
+    ``prefill(shapes, like)`` draws a whole step's Gaussian noise at once, in the order
+    ``add_normal`` will ask for it. On a CPU with more than one thread it draws the two halves on
+    two threads (PyTorch's CPU generator is sequential, so one core would idle): the first half
+    from the default generator, the second from a generator seeded from it, so the noise is still
+    a function of the default generator's state (a resumed run draws the same) and has the same
+    distribution; the individual numbers differ from per-call drawing. ``parallel = False``, a
+    CUDA device or one thread: ``prefill`` does nothing and each ``add_normal`` draws its own.
     """
 
     def __init__(self):
         self._buffers: dict[tuple, torch.Tensor] = {}
+        self._planned: list[torch.Tensor] = []
+        self._generator: torch.Generator | None = None
+        self._worker = None
+        self.parallel = True
 
     def _get(self, kind: str, shape, like: torch.Tensor | None = None, device=None) -> torch.Tensor:
         dtype = like.dtype if like is not None else torch.float32
@@ -52,13 +66,91 @@ class NoiseBank:
             buf = self._buffers[key] = torch.empty(shape, dtype=dtype, device=device)
         return buf
 
+    def prefill(self, shapes: list[tuple[int, ...]], like: torch.Tensor) -> None:
+        self._planned = []
+        if not (self.parallel and like.device.type == "cpu" and torch.get_num_threads() > 1 and shapes):
+            return
+        sizes = [math.prod(s) for s in shapes]
+        flat = self._get("step", (sum(sizes),), like=like)
+        if self._worker is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._generator = torch.Generator()
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="gencls-noise")
+        self._generator.manual_seed(int(torch.randint(0, 2**62, ())))  # drawn from the default generator
+        half = flat.numel() // 2
+        job = self._worker.submit(flat[half:].normal_, generator=self._generator)
+        flat[:half].normal_()
+        job.result()
+        self._planned = [t.view(s) for t, s in zip(flat.split(sizes), shapes)][::-1]  # popped from the end
+
     def add_normal(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         if sigma <= 0:
             return x
-        return torch.add(x, self._get("normal", x.shape, like=x).normal_(), alpha=sigma)
+        if self._planned:
+            noise = self._planned.pop()
+            if noise.shape != x.shape:
+                raise RuntimeError(f"NoiseBank: noise prefilled for shape {tuple(noise.shape)}, asked for {tuple(x.shape)}")
+        else:
+            noise = self._get("normal", x.shape, like=x).normal_()
+        return torch.add(x, noise, alpha=sigma)
 
     def uniform(self, shape, device=None) -> torch.Tensor:
         return self._get("uniform", shape, device=device).uniform_()
+
+    def __deepcopy__(self, memo):  # buffers, generator and thread are a cache: a copy starts empty
+        fresh = NoiseBank()
+        fresh.parallel = self.parallel
+        return fresh
+
+
+class _WNLinearFunction(torch.autograd.Function):
+    """``(x vᵀ) · g/‖v‖ + b`` (row norms of v) with a hand-written backward.
+
+    Autograd's backward of the row norms takes four passes over the weights (divide, multiply,
+    mask, accumulate); here the norms' share of v's gradient, a per-row multiple of v, is one
+    scaled copy of v that the GEMM forming the product's gradient adds in as its C operand
+    (``addmm``). Same numbers to float rounding."""
+
+    generate_vmap_rule = True  # the stacked seeds (torch.func.vmap) batch it like any op
+
+    @staticmethod
+    def forward(x, v, g, b):
+        u = F.linear(x, v)
+        n = torch.linalg.vector_norm(v, dim=1)
+        return torch.addcmul(b, u, g / n), u, n
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, v, g, _ = inputs
+        _, u, n = output
+        ctx.mark_non_differentiable(u, n)
+        ctx.save_for_backward(x, v, g, n, u)
+
+    @staticmethod
+    def backward(ctx, dy, _du, _dn):
+        x, v, g, n, u = ctx.saved_tensors
+        dx = dv = dg = db = None
+        du = dy * (g / n)
+        if ctx.needs_input_grad[0]:
+            dx = du @ v
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            ds = (dy * u).sum(0)  # gradient of the scales s = g/n
+            if ctx.needs_input_grad[2]:
+                dg = ds / n
+            if ctx.needs_input_grad[1]:  # ds/dv = -g v / n^3 (per row) plus the product's du^T x
+                dv = torch.addmm(v * (-ds * g / n.pow(3)).unsqueeze(1), du.t(), x)
+        if ctx.needs_input_grad[3]:
+            db = dy.sum(0)
+        return dx, dv, dg, db
+
+
+def wn_linear(x: torch.Tensor, v: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(x vᵀ) · g/‖v‖ + b``: on the CPU in fp32 through ``_WNLinearFunction`` (fewer passes over
+    the weights backward), elsewhere (CUDA, autocast) as plain autograd ops."""
+    if x.is_cuda or torch.is_autocast_enabled(x.device.type) or x.dtype != torch.float32:
+        return torch.addcmul(b, F.linear(x, v), g / v.norm(dim=1))
+    return _WNLinearFunction.apply(x, v, g, b)[0]
 
 
 class WNLinear(nn.Module):
@@ -87,7 +179,7 @@ class WNLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.scale_outputs:
-            return torch.addcmul(self.b, F.linear(x, self.v), self.scale())
+            return wn_linear(x, self.v, self.g, self.b)
         return F.linear(x, self.weight(), self.b)
 
     @torch.no_grad()

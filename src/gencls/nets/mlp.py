@@ -26,6 +26,11 @@ class MLPClassifier(nn.Module):
         self.noise = nn.ModuleList(GaussianNoise(hidden_noise) for _ in hidden)
         self.out = WNLinear(dims[-1], num_classes, train_scale=True)
 
+    def noise_dims(self) -> list[int]:
+        """Widths of the inputs that get Gaussian noise in training, in the order it is added."""
+        dims = [self.hidden[0].v.shape[1], *(layer.v.shape[0] for layer in self.hidden)]
+        return [d for d, n in zip(dims, (self.input_noise, *self.noise)) if n.sigma > 0]
+
     def weights(self) -> list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
         """Per layer ``(W, None, b)``, or ``(v, g/||v||, b)`` for layers that scale their outputs:
         the weight normalisation computed once, to reuse across passes with the same weights."""
@@ -34,8 +39,9 @@ class MLPClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: list | None = None,
                 noise: NoiseBank | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``weights`` from ``weights()`` skips recomputing the normalisation; ``noise`` draws the
-        training noise into preallocated buffers (the same numbers as the default path)."""
+        """``weights`` from ``weights()`` reuses a normalisation computed once (passes without weight
+        gradients); ``noise`` draws the training noise into preallocated buffers (the same numbers
+        as the default path). Either given: in-place ReLU and the layers' fast paths."""
         if weights is None and noise is None:
             h = self.input_noise(x.flatten(1))
             feat = h
@@ -43,7 +49,13 @@ class MLPClassifier(nn.Module):
                 feat = F.relu(layer(h))
                 h = noise_layer(feat)
             return self.out(h), feat
-        weights = self.weights() if weights is None else weights
+        layers = [*self.hidden, self.out]
+        if weights is None:  # each layer normalises its own weights (and takes their gradients)
+            def linear(i, t):
+                return layers[i](t)
+        else:
+            def linear(i, t):
+                return _linear(t, *weights[i])
         if not self.training:
             def add(t, s):
                 return t
@@ -54,10 +66,10 @@ class MLPClassifier(nn.Module):
                 return t + torch.randn_like(t) * s if s > 0 else t
         h = add(x.flatten(1), self.input_noise.sigma)
         feat = h
-        for w, noise_layer in zip(weights[:-1], self.noise):
-            feat = _linear(h, *w).relu_()
+        for i, noise_layer in enumerate(self.noise):
+            feat = linear(i, h).relu_()
             h = add(feat, noise_layer.sigma)
-        return _linear(h, *weights[-1]), feat
+        return linear(len(layers) - 1, h), feat
 
     @torch.no_grad()
     def data_init(self, x: torch.Tensor) -> None:
