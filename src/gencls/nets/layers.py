@@ -108,9 +108,8 @@ class _WNLinearFunction(torch.autograd.Function):
     """``(x vᵀ) · g/‖v‖ + b`` (row norms of v) with a hand-written backward.
 
     Autograd's backward of the row norms takes four passes over the weights (divide, multiply,
-    mask, accumulate); here the norms' share of v's gradient, a per-row multiple of v, is one
-    scaled copy of v that the GEMM forming the product's gradient adds in as its C operand
-    (``addmm``). Same numbers to float rounding."""
+    mask, accumulate); here the norms' share of v's gradient, a per-row multiple of v, is added
+    to the product's gradient in place in one pass (``addcmul_``). Same numbers to float rounding."""
 
     generate_vmap_rule = True  # the stacked seeds (torch.func.vmap) batch it like any op
 
@@ -138,8 +137,8 @@ class _WNLinearFunction(torch.autograd.Function):
             ds = (dy * u).sum(0)  # gradient of the scales s = g/n
             if ctx.needs_input_grad[2]:
                 dg = ds / n
-            if ctx.needs_input_grad[1]:  # ds/dv = -g v / n^3 (per row) plus the product's du^T x
-                dv = torch.addmm(v * (-ds * g / n.pow(3)).unsqueeze(1), du.t(), x)
+            if ctx.needs_input_grad[1]:  # the product's du^T x, plus ds/dv = -g v / n^3 per row
+                dv = torch.mm(du.t(), x).addcmul_(v, (-ds * g / n.pow(3)).unsqueeze(1))
         if ctx.needs_input_grad[3]:
             db = dy.sum(0)
         return dx, dv, dg, db
