@@ -13,7 +13,6 @@ against S separate steps. Writes one JSON file and prints a table.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import platform
 import sys
@@ -31,7 +30,7 @@ def _sync(dev):
 def measure(n_seeds: int, device: str, precision: str, steps: int, warmup: int, data_root, batch: int = 100) -> dict:
     from gencls.data import load_split
     from gencls.methods import StepGuard, create_method
-    from gencls.utils import resolve_device
+    from gencls.utils import autocast_for, resolve_device
 
     dev = resolve_device(device)
     data = load_split("mnist", "train", data_root, log=lambda *_: None)
@@ -49,11 +48,7 @@ def measure(n_seeds: int, device: str, precision: str, steps: int, warmup: int, 
             methods.append(m)
         return methods
 
-    if precision == "bf16":
-        def autocast():
-            return torch.autocast(dev.type, dtype=torch.bfloat16, cache_enabled=False)
-    else:
-        autocast = contextlib.nullcontext
+    autocast = autocast_for(dev, precision)
     total = warmup + steps
     lab = torch.randint(0, len(x_all), (total, n_seeds, batch), generator=gen).to(dev)
     unl = torch.randint(0, len(x_all), (total, n_seeds, 2 * batch), generator=gen).to(dev)
@@ -118,8 +113,8 @@ def main() -> int:
               "torch": torch.__version__, "precision": args.precision, "steps": steps, "results": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"| seeds | separate ms/step (one seed) | in turn ms/step (all) | speed-up | stacked ms/step (all) "
-          f"| speed-up | stacked img/s |")
+    print("| seeds | separate ms/step (one seed) | in turn ms/step (all) | speed-up | stacked ms/step (all) "
+          "| speed-up | stacked img/s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         t, s = r["in_turn"], r["stacked"]

@@ -97,7 +97,7 @@ def measure_variant(variant: str, device: str, precision: str, compile_: bool, c
     from gencls.data import load_split
     from gencls.methods import create_method
     from gencls.training.trainer import _GraphedStep
-    from gencls.utils import resolve_device
+    from gencls.utils import autocast_for, resolve_device
 
     dev = resolve_device(device)
     data = load_split("mnist", "train", data_root, log=lambda *_: None)
@@ -112,12 +112,7 @@ def measure_variant(variant: str, device: str, precision: str, compile_: bool, c
     if compile_:
         method.compile_networks()
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-    if precision == "bf16":
-        def autocast():
-            return torch.autocast(dev.type, dtype=torch.bfloat16, cache_enabled=False)
-    else:
-        import contextlib
-        autocast = contextlib.nullcontext
+    autocast = autocast_for(dev, precision)
     total = warmup + steps
     lab = torch.randint(0, len(x_all), (total, batch), generator=gen).to(dev)
     unl = torch.randint(0, len(x_all), (total, 2 * batch), generator=gen).to(dev)
@@ -211,7 +206,7 @@ def time_to_error(variant: str, args) -> dict:
             raise _Reached
 
     cfg = gencls.TrainConfig(method="improved-gan", labels=100, epochs=args.max_epochs, minutes=args.max_minutes,
-                             seed=1, data_seed=1, device=args.device, threads=args.threads, precision=args.precision,
+                             seed=args.seed, data_seed=args.seed, device=args.device, threads=args.threads, precision=args.precision,
                              compile=args.compile, cuda_graphs=args.cuda_graphs and variant == "fused",
                              data_root=args.data_root, out=str(Path(args.run_dir) / variant), progress=False,
                              tensorboard=False, sample_every=0, method_config={"fused": variant == "fused"})
@@ -224,7 +219,7 @@ def time_to_error(variant: str, args) -> dict:
         hit = next((r for r in rows if r["test_error"] <= thr), None)
         reached[f"seconds_to_{100 * thr:g}pct"] = hit["elapsed_seconds"] if hit else None
         reached[f"epochs_to_{100 * thr:g}pct"] = hit["epoch"] if hit else None
-    return {"variant": variant, **reached, "epochs_run": len(rows),
+    return {"variant": variant, "seed": args.seed, **reached, "epochs_run": len(rows),
             "best_test_error": min((r["test_error"] for r in rows), default=None), "per_epoch": rows}
 
 
@@ -275,6 +270,7 @@ def main() -> int:
     p.add_argument("--max-epochs", type=int, default=300, help="--to-error: stop after this many epochs")
     p.add_argument("--max-minutes", type=float, default=None, help="--to-error: time budget per variant")
     p.add_argument("--run-dir", default="runs/speed", help="--to-error: run folders")
+    p.add_argument("--seed", type=int, default=1, help="--to-error: seed of the networks and the labelled draw")
     p.add_argument("--data-root")
     p.add_argument("--out", default="runs/speed.json")
     p.add_argument("--child", help=argparse.SUPPRESS)

@@ -62,13 +62,13 @@ def test_seeds_resume_equals_uninterrupted(tmp_path, data_root):
     assert json.loads((part / "seeds.json").read_text())["results"] == json.loads((full / "seeds.json").read_text())["results"]
 
 
-def _improved_gans(n_seeds, **config):
+def _improved_gans(n_seeds, device="cpu"):
     methods = []
     for s in range(n_seeds):
         torch.manual_seed(s)
-        m = create_method("improved-gan", {"hidden": [64, 32], **config}, (1, 28, 28), 10)
+        m = create_method("improved-gan", {"hidden": [64, 32]}, (1, 28, 28), 10).to(device)
         m.train()
-        m.setup(torch.rand(50, 1, 28, 28))
+        m.setup(torch.rand(50, 1, 28, 28, device=device))
         for module in m.disc.modules():  # no noise: both sides must see the same numbers
             if hasattr(module, "sigma"):
                 module.sigma = 0.0
@@ -76,17 +76,21 @@ def _improved_gans(n_seeds, **config):
     return methods
 
 
-def test_stacked_improved_gan_step_equals_separate_steps():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_stacked_improved_gan_step_equals_separate_steps(device):
     """Three seeds as one batched model take the same steps as three separate models: losses,
     weights, Adam moments and EMA weights after three steps (the generator's inputs are the same)."""
     S, B = 3, 8
-    separate, stacked = _improved_gans(S), _improved_gans(S)
+    separate, stacked = _improved_gans(S, device), _improved_gans(S, device)
     stack = type(stacked[0]).stack(stacked, StepGuard())
     torch.manual_seed(5)
-    x_lab, y_lab, x_unl = torch.rand(S, B, 1, 28, 28), torch.randint(0, 10, (S, B)), torch.rand(S, 2 * B, 1, 28, 28)
+    x_lab, y_lab, x_unl = (torch.rand(S, B, 1, 28, 28, device=device), torch.randint(0, 10, (S, B), device=device),
+                           torch.rand(S, 2 * B, 1, 28, 28, device=device))
     for step in range(3):
         torch.manual_seed(100 + step)
-        z_fake, z_gen = torch.rand(S, B, 100), torch.rand(S, B, 100)  # the stacked step's draws, in its order
+        z_fake, z_gen = (torch.rand(S, B, 100, device=device),
+                         torch.rand(S, B, 100, device=device))  # the stacked step's draws, in its order
         torch.manual_seed(100 + step)
         out = stack.train_step(x_lab, y_lab, x_unl)
         for s, m in enumerate(separate):
@@ -157,3 +161,17 @@ def test_cli_seeds(tmp_path, data_root):
     for bad in ("1,1", "x", "3-"):
         r = cli("train", "--seeds", bad, "--out", str(tmp_path / "bad"))
         assert r.returncode == 2 and "--seeds" in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)
+
+
+def test_grads_into_gives_fused_adam_gradients_in_the_parameters_layout():
+    """autograd can hand back a transposed gradient (vmap does for the stacked generator);
+    PyTorch 2.14's fused CPU Adam then silently reads it in the wrong order. grads_into fixes the layout."""
+    from gencls.methods import Method
+
+    c = torch.arange(12.0).view(4, 3) - 5.5
+    w = torch.nn.Parameter(torch.zeros(3, 4))
+    assert not torch.autograd.grad((w.t() * c).sum(), [w])[0].is_contiguous()  # the hazard exists
+    Method.grads_into((w.t() * c).sum(), [w])
+    assert w.grad.stride() == w.stride()
+    torch.optim.Adam([w], lr=1.0, fused=True).step()
+    assert torch.equal(w.detach().sign(), -c.t().sign())  # each weight moved against its own gradient

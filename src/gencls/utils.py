@@ -1,6 +1,7 @@
 """Small helpers shared by the package: devices, seeding, atomic writes."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -26,6 +27,16 @@ def resolve_device(name: str = "auto") -> torch.device:
     elif device.type != "cpu":
         raise GenclsError(f"--device {name}: only cpu and cuda are supported")
     return device
+
+
+def autocast_for(device: torch.device, precision: str):
+    """A context-manager factory for the training step: bf16 autocast on ``device`` for
+    ``precision == "bf16"`` (no weight cache: weights change every step), else nothing."""
+    if precision == "bf16":
+        def autocast():
+            return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
+        return autocast
+    return contextlib.nullcontext
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -104,9 +104,7 @@ class AdversarialAutoencoder(Method):
         y_logits, z = self.enc(x_u)
         loss_gen = (adversarial_generator_loss(self.d_cat(y_logits.softmax(1)))
                     + adversarial_generator_loss(self.d_gauss(z)))
-        grads = torch.autograd.grad(loss_gen, enc_params)  # the discriminators' weights get none
-        for p, g in zip(enc_params, grads):
-            p.grad = g
+        self.grads_into(loss_gen, enc_params)  # the discriminators' weights get none
         self.optimizer_step(self.opt_gen, {"loss_gen": loss_gen})
 
         # 3. semi-supervised classification

@@ -81,10 +81,7 @@ class ACGAN(Method):
         rf_g, cls_g = self.disc(fake)
         loss_g_cls = F.cross_entropy(cls_g, y_fake)
         loss_gen = real_fake_loss(rf_g, real=True) + c["class_weight"] * loss_g_cls
-        gen_params = list(self.gen.parameters())
-        grads = torch.autograd.grad(loss_gen, gen_params)  # no gradients into the discriminator's weights
-        for p, g in zip(gen_params, grads):
-            p.grad = g
+        self.grads_into(loss_gen, list(self.gen.parameters()))  # no gradients into the discriminator's weights
         self.optimizer_step(self.opt_g, {"loss_gen": loss_gen})
 
         return {"loss_lab": loss_lab.detach(), "loss_rf": loss_rf.detach(), "loss_cls_fake": loss_cls_fake.detach(),

@@ -215,6 +215,15 @@ class Method(nn.Module):
             terms = self.grad_sync(optimizer, terms)
         return self.guard.step(optimizer, terms)
 
+    @staticmethod
+    def grads_into(loss: torch.Tensor, params: list[torch.Tensor]) -> None:
+        """Gradients of ``loss`` for ``params`` only (e.g. a generator's, not those of the
+        discriminator it ran through) into ``.grad``, each in its parameter's memory layout: fused
+        Adam reads a gradient in its parameter's layout (PyTorch 2.14's CPU kernel silently
+        misreads a transposed one, as ``vmap`` can return)."""
+        for p, g in zip(params, torch.autograd.grad(loss, params)):
+            p.grad = g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)
+
     @classmethod
     def stack(cls, methods: list["Method"], guard: StepGuard):
         """A batched training step for several seeds' copies of this method (``--stack-seeds``),

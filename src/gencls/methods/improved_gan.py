@@ -107,10 +107,7 @@ class ImprovedGAN(Method):
     def _generator_update(self, f_real, f_fake):
         """Feature matching, gradients for the generator only, one guarded optimizer step."""
         loss_gen = feature_matching_loss(f_real.float(), f_fake.float())
-        gen_params = list(self.gen.parameters())
-        grads = torch.autograd.grad(loss_gen, gen_params)  # no gradients for the discriminator's weights
-        for p, g in zip(gen_params, grads):
-            p.grad = g
+        self.grads_into(loss_gen, list(self.gen.parameters()))  # no gradients for the discriminator's weights
         self.optimizer_step(self.opt_g, {"loss_gen": loss_gen})
         return loss_gen
 
@@ -259,9 +256,7 @@ class _StackedImprovedGAN:
             _, f_real = self.disc(x_unl_g)
         _, f_fake = self.disc(fake.flatten(2))
         loss_gen = self._loss_gen(f_real.float(), f_fake.float())
-        params = self.gen.trainable()
-        for p, g in zip(params, torch.autograd.grad(loss_gen.sum(), params)):
-            p.grad = g.contiguous()  # vmap can return a transposed layout, which fused Adam misreads
+        Method.grads_into(loss_gen.sum(), self.gen.trainable())  # vmap can return a transposed layout
         self.guard.step(self.opt_g, {"loss_gen": loss_gen.sum()})
         train_err = (l_lab.detach().argmax(2) != y_lab).float().mean(1)
         return {"loss_lab": loss_lab.detach(), "loss_unl": loss_unl.detach(), "loss_gen": loss_gen.detach(),

@@ -109,7 +109,7 @@ class _WNLinearFunction(torch.autograd.Function):
 
     Autograd's backward of the row norms takes four passes over the weights (divide, multiply,
     mask, accumulate); here the norms' share of v's gradient, a per-row multiple of v, is added
-    to the product's gradient in place in one pass (``addcmul_``). Same numbers to float rounding."""
+    to the product's gradient in one pass (``addcmul``). Same numbers to float rounding."""
 
     generate_vmap_rule = True  # the stacked seeds (torch.func.vmap) batch it like any op
 
@@ -138,16 +138,19 @@ class _WNLinearFunction(torch.autograd.Function):
             if ctx.needs_input_grad[2]:
                 dg = ds / n
             if ctx.needs_input_grad[1]:  # the product's du^T x, plus ds/dv = -g v / n^3 per row
-                dv = torch.mm(du.t(), x).addcmul_(v, (-ds * g / n.pow(3)).unsqueeze(1))
+                dv = torch.addcmul(torch.mm(du.t(), x), v, (-ds * g / n.pow(3)).unsqueeze(1))  # vmap: no in-place
         if ctx.needs_input_grad[3]:
             db = dy.sum(0)
         return dx, dv, dg, db
 
 
 def wn_linear(x: torch.Tensor, v: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(x vᵀ) · g/‖v‖ + b``: on the CPU in fp32 through ``_WNLinearFunction`` (fewer passes over
-    the weights backward), elsewhere (CUDA, autocast) as plain autograd ops."""
-    if x.is_cuda or torch.is_autocast_enabled(x.device.type) or x.dtype != torch.float32:
+    """``(x vᵀ) · g/‖v‖ + b``: when it is trained on the CPU in fp32 through ``_WNLinearFunction``
+    (fewer passes over the weights backward); otherwise (no gradient, CUDA, autocast, export or
+    compilation) as plain ops."""
+    if (x.is_cuda or x.dtype != torch.float32 or not torch.is_grad_enabled() or not v.requires_grad
+            or torch.is_autocast_enabled(x.device.type) or torch.onnx.is_in_onnx_export()
+            or torch.jit.is_tracing() or torch.compiler.is_compiling()):
         return torch.addcmul(b, F.linear(x, v), g / v.norm(dim=1))
     return _WNLinearFunction.apply(x, v, g, b)[0]
 

@@ -12,7 +12,6 @@ process trains on its slice of every batch, rank 0 alone validates, logs and wri
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import shutil
 import signal
@@ -35,12 +34,12 @@ from gencls.methods import Method, NonFiniteError, create_method
 from gencls.training import distributed
 from gencls.training.checkpoint import checkpoint_bytes_estimate, parse_checkpoint, save_checkpoint, validate_modules
 from gencls.training.runlog import RunLog, save_grid
-from gencls.utils import atomic_write_json, read_json
+from gencls.utils import atomic_write_json, autocast_for, read_json
 
 # Settings a resumed run may change; everything else comes from the run's config.json.
-RESUMABLE_OVERRIDES = ("epochs", "minutes", "progress", "sample_every", "tensorboard", "checkpoint_every",
-                       "keep", "on_nan", "max_grad_norm")
-HOW_TO_RUN = ("device", "threads", "precision", "compile", "cuda_graphs")
+RESUMABLE_OVERRIDES = ("epochs", "minutes", "progress", "sample_every", "eval_every", "tensorboard",
+                       "checkpoint_every", "keep", "on_nan", "max_grad_norm")
+HOW_TO_RUN = ("device", "threads", "precision", "compile", "cuda_graphs", "stack_seeds")
 INIT_BATCH = 500  # images for the data-dependent initialisation
 EVAL_BATCH = 1000
 LOG_EVERY = 50  # steps between progress updates (the only host syncs inside an epoch)
@@ -513,11 +512,7 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
     several = cfg.seeds is not None
     runs = [_Run(ddp, cfg.for_seed(s) if several else cfg, data, device, log, tag=f"seed {s}" if several else "")
             for s in cfg.seed_list]
-    if cfg.precision == "bf16":
-        def autocast():
-            return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
-    else:
-        autocast = contextlib.nullcontext
+    autocast = autocast_for(device, cfg.precision)
     if not resume:
         need = sum(r.need_bytes() for r in runs)
         ddp.on_main(lambda: _make_run_dir(out, overwrite, need))
