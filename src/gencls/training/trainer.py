@@ -543,7 +543,7 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
         log(f"resuming {out} from {where} (global step {step})")
     method0 = runs[0].method
     log(f"method: {cfg.method} ({method0.parameter_count():,} parameters"
-        + (f" per seed, {len(runs)} seeds" if several else "") + f") on {device}, "
+        + (f" per seed, {len(runs)} seed{'s' if len(runs) > 1 else ''}" if several else "") + f") on {device}, "
         f"{iters} iterations of batch {cfg.batch_size} per epoch, epochs {epoch}..{cfg.epochs}"
         + (f", {world} processes (batch {cfg.batch_size} each, {cfg.batch_size * world} per step)" if world > 1 else ""))
     for r in runs:
