@@ -3,13 +3,8 @@
 #   GENCLS_DATA=<folder with MNIST/raw> OUT=<results folder> bash benchmarks/gpu_check.sh
 # Writes six speed_*.json, run_graphs_metrics.jsonl and log (everything printed) under $OUT: 8 files.
 set -uo pipefail
-PY=${PY:-python3}
 OUT=${OUT:-runs/gpu}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-exec > >(tee -a "$OUT/log") 2>&1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+source "$(dirname "$0")/gpu_env.sh"
 # 1. correctness on CUDA: device-side guard, CUDA-graph step (fp32 and bf16), fused == plain
 timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_speed.py -k "cuda or fused_step or guard" 2>&1 | tail -5
 # 2. step speed, plain vs optimised, in the same run for each setting (~30-40 s each)

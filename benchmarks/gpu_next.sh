@@ -7,13 +7,9 @@
 # 4. the 300-epoch MNIST-100 protocol, wall time, validating every 10 epochs (target <= 5 min)
 # Writes seeds_speed_*.json, to_error.json, seeds_metrics/, protocol_metrics.jsonl and log under $OUT.
 set -uo pipefail
-PY=${PY:-python3}
 OUT=${OUT:-runs/gpu-next}
+source "$(dirname "$0")/gpu_env.sh"
 mkdir -p "$OUT/seeds_metrics"
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-exec > >(tee -a "$OUT/log") 2>&1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 # 1. (~1.5 min)
 timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_seeds.py -k "stacked_improved_gan_step" 2>&1 | tail -3
 for prec in fp32 bf16; do
