@@ -17,9 +17,9 @@ import platform
 import time
 from pathlib import Path
 
+import gencls  # before torch: the OpenMP spin count the command line runs with
 import torch
 
-import gencls
 from gencls.evaluation import featurenet
 from gencls.training.runlog import read_metrics, save_labelled_grid
 

@@ -12,17 +12,18 @@ import argparse
 import json
 import time
 
+import gencls  # noqa: F401 -- before torch: the OpenMP spin count the command line runs with
 import torch
 
 from gencls.data import load_split, make_split
 from gencls.methods import create_method
-from gencls.training.trainer import INIT_BATCH, _epoch_batches, error_rate
+from gencls.training.trainer import INIT_BATCH, DeviceImages, _epoch_batches, error_rate
 
 
 def run(method: str, settings: dict, steps: int, every: int, seed: int, labels: int, batch: int, device: str) -> dict:
     data = load_split("mnist", "train")
     split = make_split(data.labels, labels, 5000, seed, num_classes=len(data.classes))
-    x_all, y_all = data.images.to(device).float().div_(255), data.labels.to(device)
+    x_all, y_all = DeviceImages(data.images, device), data.labels.to(device)
     x_val, y_val = x_all[split.validation.to(device)], y_all[split.validation.to(device)]
     torch.manual_seed(seed)
     m = create_method(method, settings, data.image_shape, len(data.classes)).to(device).train()

@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+import gencls  # before torch: the OpenMP spin count the command line runs with
 import torch
 
-import gencls
 from gencls.data import load_split
 from gencls.training.trainer import error_rate
 

@@ -14,6 +14,7 @@ import statistics
 import sys
 import time
 
+import gencls  # noqa: F401 -- before torch: the OpenMP spin count the command line runs with
 import torch
 
 

@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import gencls  # before torch: the OpenMP spin count the command line runs with
 import torch
 from PIL import Image
 
-import gencls
 from gencls.data import load_split
 from gencls.export import export_onnx
 from gencls.onnx_runtime import OnnxClassifier

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import gencls  # noqa: F401 -- before torch: the OpenMP spin count the command line runs with
 import torch
 
 
@@ -30,11 +31,12 @@ def _sync(dev):
 def measure(n_seeds: int, device: str, precision: str, steps: int, warmup: int, data_root, batch: int = 100) -> dict:
     from gencls.data import load_split
     from gencls.methods import StepGuard, create_method
+    from gencls.training.trainer import DeviceImages
     from gencls.utils import autocast_for, resolve_device
 
     dev = resolve_device(device)
     data = load_split("mnist", "train", data_root, log=lambda *_: None)
-    x_all = data.images.to(dev).float().div_(255)
+    x_all = DeviceImages(data.images, dev)  # uint8 on the device, as the trainer holds it
     y_all = data.labels.to(dev)
     gen = torch.Generator().manual_seed(2)
 

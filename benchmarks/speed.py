@@ -40,6 +40,7 @@ import threading
 import time
 from pathlib import Path
 
+import gencls  # noqa: F401 -- before torch: the OpenMP spin count the command line runs with
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -96,12 +97,12 @@ def measure_variant(variant: str, device: str, precision: str, compile_: bool, c
     """Time ``steps`` training steps of one variant in this process; returns its record."""
     from gencls.data import load_split
     from gencls.methods import create_method
-    from gencls.training.trainer import _GraphedStep
+    from gencls.training.trainer import DeviceImages, _GraphedStep
     from gencls.utils import autocast_for, resolve_device
 
     dev = resolve_device(device)
     data = load_split("mnist", "train", data_root, log=lambda *_: None)
-    x_all = data.images.to(dev).float().div_(255)
+    x_all = DeviceImages(data.images, dev)  # uint8 on the device, as the trainer holds it
     y_all = data.labels.to(dev)
     torch.manual_seed(1)
     method = create_method("improved-gan", {"fused": variant == "fused"}, data.image_shape,
@@ -188,8 +189,7 @@ def _profile(step, start: int, n: int, dev: torch.device) -> dict:
 
 def time_to_error(variant: str, args) -> dict:
     """Train one variant; wall time (training + per-epoch evaluation) to each test-error threshold."""
-    import gencls
-    from gencls.data import load_split
+        from gencls.data import load_split
     from gencls.training.trainer import error_rate
 
     test = load_split("mnist", "test", args.data_root, log=lambda *_: None)

@@ -1,6 +1,7 @@
 import os
 from pathlib import Path
 
+import gencls  # noqa: F401 -- before torch: its OpenMP spin count (README, "Speed")
 import pytest
 import torch
 

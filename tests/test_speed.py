@@ -256,3 +256,90 @@ def test_state_moves_between_the_plain_and_the_fused_variant():
     plain.load_state(fused.state())
     plain.train_step(x, y, u)
     assert not plain.opt_d.param_groups[0]["fused"] and int(plain.opt_d.state[plain.disc.out.v]["step"]) == 3
+
+
+class _NoHostReads:
+    """Every Python-level way to read a tensor's value on the host raises inside (``.item()``,
+    ``float()``, ``bool()``, ``.tolist()``, ``.cpu()``, ...): on a GPU each is a sync that stalls
+    the launch queue and makes a step uncapturable as a CUDA graph. A CPU check of the GPU path."""
+
+    NAMES = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
+
+    def __enter__(self):
+        self.saved = {n: getattr(torch.Tensor, n) for n in self.NAMES}
+        for n in self.NAMES:
+            def refuse(t, *a, _n=n, **k):
+                raise AssertionError(f"host read of a tensor: Tensor.{_n}")
+            setattr(torch.Tensor, n, refuse)
+        return self
+
+    def __exit__(self, *exc):
+        for n, f in self.saved.items():
+            setattr(torch.Tensor, n, f)
+
+
+def test_no_host_reads_guard_catches_them():
+    with pytest.raises(AssertionError, match="Tensor.item"), _NoHostReads():
+        torch.ones(()).item()
+    with pytest.raises(AssertionError, match="Tensor.__bool__"), _NoHostReads():
+        if torch.ones(()) > 0:
+            pass
+    assert torch.ones(()).item() == 1.0  # restored
+
+
+def test_optimised_step_never_reads_a_tensor_on_the_host():
+    """The fused improved-gan step (what ``--cuda-graphs`` captures) and the stacked seeds' step
+    run with a lazy guard and make no host read: they queue work without waiting for it."""
+    from gencls.methods import StepGuard
+
+    _, m = _pair()
+    m.guard.lazy = True
+    x, y, u = _batch(8)
+    m.train_step(x, y, u)  # the first step creates the optimizer state
+    with _NoHostReads():
+        for _ in range(2):
+            m.train_step(x, y, u)
+    m.guard.check()
+    torch.manual_seed(0)
+    seeds = [create_method("improved-gan", {"hidden": [32, 16]}, SHAPE, 10).train() for _ in range(2)]
+    stack = type(seeds[0]).stack(seeds, StepGuard(lazy=True))
+    xs, ys, us = (torch.stack([t, t]) for t in (x, y, u))
+    stack.train_step(xs, ys, us)
+    with _NoHostReads():
+        for _ in range(2):
+            stack.train_step(xs, ys, us)
+
+
+def test_training_images_stay_uint8_and_convert_per_batch():
+    """The trainer keeps the dataset as uint8 (a quarter of float32's memory; on the CPU the
+    dataset's own tensor, no copy) and converts gathered rows only, to the same numbers."""
+    from gencls.training.trainer import DeviceImages
+
+    imgs = torch.randint(0, 256, (10, 1, 4, 4), dtype=torch.uint8)
+    d = DeviceImages(imgs, torch.device("cpu"))
+    assert d.images.dtype == torch.uint8 and d.images.data_ptr() == imgs.data_ptr() and len(d) == 10
+    full = imgs.float().div_(255)
+    idx = torch.tensor([3, 1, 3])
+    assert d[idx].dtype == torch.float32 and torch.equal(d[idx], full[idx])
+    seeds_idx = torch.tensor([[0, 1], [9, 3]])  # (seeds, batch): the stacked step's gather
+    assert torch.equal(d[seeds_idx], full[seeds_idx])
+    with pytest.raises(TypeError, match="uint8"):
+        DeviceImages(full, torch.device("cpu"))
+
+
+def test_openmp_spin_count_is_set_unless_the_user_chose_one():
+    """``import gencls`` sets GOMP_SPINCOUNT=1000 (benchmarks/contention.py: the same speed alone,
+    a fair 2x instead of 5-47x slower beside a second training), unless the user set it or
+    OMP_WAIT_POLICY."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    code = "import os, gencls; print(os.environ.get('GOMP_SPINCOUNT'))"
+
+    def spin(**extra):
+        return subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    assert spin() == "1000"
+    assert spin(GOMP_SPINCOUNT="5") == "5"
+    assert spin(OMP_WAIT_POLICY="ACTIVE") == "None"

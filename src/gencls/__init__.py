@@ -15,6 +15,18 @@ images, evaluate it honestly, generate images, and classify files::
 """
 __version__ = "0.1.0"
 
+import os as _os
+
+# PyTorch's CPU threads (GNU OpenMP) spin up to 300,000 times waiting for the next parallel region
+# before they sleep. When more threads want the cores than there are (two trainings, or a
+# training beside the tests, on this 2-core machine), spinning threads take the cores from the
+# ones with work: steps measured 4-5x slower (and up to 20x) instead of the 2x of a fair share.
+# 1,000 spins is as fast for one process alone and gives the fair 2x under contention
+# (README, "Speed"). libgomp reads this when torch loads, so it works where gencls is imported
+# first (the command line, torchrun, compare's jobs); a user's own setting wins.
+if "GOMP_SPINCOUNT" not in _os.environ and "OMP_WAIT_POLICY" not in _os.environ:
+    _os.environ["GOMP_SPINCOUNT"] = "1000"
+
 from gencls.errors import GenclsError, InputError  # noqa: E402
 
 # The rest is imported on first use, so that torch-free parts (``gencls.imagefile``,
