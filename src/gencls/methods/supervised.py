@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from gencls.methods.base import Method, register_method
-from gencls.nets import EMA, make_classifier, resolve_arch
+from gencls.nets import EMA, make_classifier, resolve_arch, scale_outputs
 
 
 @register_method
@@ -22,11 +22,11 @@ class Supervised(Method):
         super().__init__(config, image_shape, num_classes)
         c = self.config
         self.arch = resolve_arch(c["arch"], self.image_shape)
-        self.net = make_classifier(self.arch, self.image_shape, num_classes, c)
+        self.net = scale_outputs(make_classifier(self.arch, self.image_shape, num_classes, c))
         self.ema = EMA(self.net, c["ema_decay"])
         lr = c["lr"] if self.arch == "mlp" else c["conv_lr"]
         self.opt = torch.optim.Adam([p for p in self.net.parameters() if p.requires_grad], lr=lr,
-                                    betas=(c["beta1"], 0.999), eps=c["adam_eps"])
+                                    betas=(c["beta1"], 0.999), eps=c["adam_eps"], fused=True)
 
     def optimizers(self):
         return {"net": self.opt}

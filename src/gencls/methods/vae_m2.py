@@ -35,7 +35,8 @@ import torch.nn.functional as F
 
 from gencls.losses import m2_negative_elbo, m2_unlabelled_loss
 from gencls.methods.base import Method, register_method
-from gencls.nets import EMA, ClassConditionalDecoder, ClassConditionalEncoder, MLPClassifier, make_mlp, one_hot
+from gencls.nets import (EMA, ClassConditionalDecoder, ClassConditionalEncoder, MLPClassifier, make_mlp, one_hot,
+                         scale_outputs)
 
 
 class _PlainClassifier(torch.nn.Module):
@@ -75,7 +76,7 @@ class VAEM2(Method):
         if act not in ("softplus", "relu"):
             raise ValueError(f"activation={act!r}: softplus or relu")
         if c["classifier"] == "wn":
-            self.clf = MLPClassifier(d, num_classes)
+            self.clf = scale_outputs(MLPClassifier(d, num_classes))
         else:
             self.clf = _PlainClassifier(d, num_classes, hidden, act)
         self.enc = ClassConditionalEncoder(d, num_classes, hidden, self.nz, act)
@@ -85,7 +86,7 @@ class VAEM2(Method):
         self.opt = torch.optim.Adam([
             {"params": [*self.enc.parameters(), *self.dec.parameters()], "lr": c["lr"]},
             {"params": [p for p in self.clf.parameters() if p.requires_grad], "lr": c["classifier_lr"]}],
-            betas=betas)
+            betas=betas, fused=True)
 
     def optimizers(self):
         return {"all": self.opt}

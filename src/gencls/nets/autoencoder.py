@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_ACTIVATIONS = {"relu": nn.ReLU, "softplus": nn.Softplus, "leaky_relu": lambda: nn.LeakyReLU(0.2)}
+from gencls.nets.layers import Softplus
+
+_ACTIVATIONS = {"relu": nn.ReLU, "softplus": Softplus, "leaky_relu": lambda: nn.LeakyReLU(0.2)}
 
 
 def make_mlp(in_features: int, hidden: tuple[int, ...] | list[int], out_features: int,

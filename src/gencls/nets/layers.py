@@ -33,6 +33,13 @@ def softplus(x: torch.Tensor) -> torch.Tensor:
     return x.relu() + x.abs().neg_().exp().add(1).log()
 
 
+class Softplus(nn.Module):
+    """``nn.Softplus()`` computed by ``softplus``: the same function, about 3x faster on the CPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return softplus(x)
+
+
 class NoiseBank:
     """Preallocated random buffers, refilled in place each use (``normal_``/``uniform_``).
 
@@ -192,6 +199,15 @@ class WNLinear(nn.Module):
         self.g.div_(std)
         self.b.copy_(-mean / std)
         return (a - mean) / std
+
+
+def scale_outputs(module: nn.Module) -> nn.Module:
+    """Every ``WNLinear`` in ``module`` scales its outputs instead of forming its weight: the same
+    map, fewer passes over the weights (and ``wn_linear``'s one-pass backward on the CPU)."""
+    for m in module.modules():
+        if isinstance(m, WNLinear):
+            m.scale_outputs = True
+    return module
 
 
 class BiasOnlyBatchNorm1d(nn.BatchNorm1d):
