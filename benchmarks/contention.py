@@ -97,7 +97,7 @@ def main() -> None:
               "load_average_at_start": os.getloadavg(), "rounds": rounds, "median_ms_per_step": median}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"\n| spin count | alone ms/step | beside a second training ms/step | slow-down |\n|---|---|---|---|")
+    print("\n| spin count | alone ms/step | beside a second training ms/step | slow-down |\n|---|---|---|---|")
     for name in SETTINGS:
         a, b = median[f"{name}, alone"], median[f"{name}, beside a second training"]
         print(f"| {name} | {a:.1f} | {b:.1f} | {b / a:.1f}x |")

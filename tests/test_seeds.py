@@ -62,6 +62,31 @@ def test_seeds_resume_equals_uninterrupted(tmp_path, data_root):
     assert json.loads((part / "seeds.json").read_text())["results"] == json.loads((full / "seeds.json").read_text())["results"]
 
 
+def test_a_kill_while_the_seeds_checkpoint_leaves_them_at_one_point(tmp_path, data_root, monkeypatch):
+    """The seeds' "last" checkpoints are committed together: killed while seed 2 writes its
+    epoch-2 checkpoint, both resume from epoch 1 and end as an uninterrupted run."""
+    import gencls.training.trainer as trainer
+
+    full = gencls.train(cfg(tmp_path, "full", seeds=[1, 2], epochs=3), log=lambda s: None)
+    real_save = trainer.save_checkpoint
+
+    def killed(path, state, meta):
+        if meta["epoch"] == 2 and "seed-2" in str(path):
+            raise KeyboardInterrupt  # the process dies here: seed 1 has written its epoch-2 checkpoint
+        return real_save(path, state, meta)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", killed)
+    part = tmp_path / "part"
+    with pytest.raises(gencls.GenclsError):
+        gencls.train(cfg(tmp_path, "part", seeds=[1, 2], epochs=3), log=lambda s: None)
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    assert (part / "seed-1" / "checkpoints" / "last.next.safetensors").exists()  # written, not committed
+    gencls.train({"out": str(part)}, resume=True, log=lambda s: None)
+    for s in (1, 2):
+        assert rows(full / f"seed-{s}") == rows(part / f"seed-{s}")
+        assert not (part / f"seed-{s}" / "checkpoints" / "last.next.safetensors").exists()
+
+
 def _improved_gans(n_seeds, device="cpu"):
     methods = []
     for s in range(n_seeds):
@@ -108,6 +133,36 @@ def test_stacked_improved_gan_step_equals_separate_steps(device):
                 torch.testing.assert_close(sb[i]["exp_avg"], sa[i]["exp_avg"], rtol=1e-4, atol=1e-7)
                 assert float(sb[i]["step"]) == float(sa[i]["step"]) == 3
         assert b.ema.updates == a.ema.updates == 3
+
+
+def test_stacked_guard_checks_and_names_each_seed():
+    """The gradient norm is checked per seed, not over all seeds together; one seed's NaN stops
+    the stacked step and the error names that seed (policy "stop")."""
+    from gencls.methods import NonFiniteError
+
+    def norms_step(max_grad_norm):  # two seeds stacked: gradient norms 3 and 4 (together 5)
+        w = torch.nn.Parameter(torch.zeros(2, 2))
+        w.grad = torch.tensor([[3.0, 0.0], [0.0, 4.0]])
+        guard = StepGuard(max_grad_norm=max_grad_norm, lazy=True)
+        guard.step(torch.optim.Adam([w], fused=True), {"loss": torch.tensor([1.0, 2.0])}, ["seed 7", "seed 9"])
+        guard.check()
+
+    norms_step(4.5)  # each seed's norm is below the limit (the joint norm, 5, is not)
+    with pytest.raises(NonFiniteError, match=r"gradient norm of seed 9 exploded \(4\)"):
+        norms_step(3.5)
+
+    S, B = 2, 8
+    methods = _improved_gans(S)
+    guard = StepGuard(lazy=True)
+    stack = type(methods[0]).stack(methods, guard)
+    stack.seed_names = ["seed 7", "seed 9"]
+    x_lab, y_lab, x_unl = torch.rand(S, B, 1, 28, 28), torch.randint(0, 10, (S, B)), torch.rand(S, 2 * B, 1, 28, 28)
+    stack.train_step(x_lab, y_lab, x_unl)
+    guard.check()
+    x_lab[1, 0, 0, 0, 0] = float("nan")
+    stack.train_step(x_lab, y_lab, x_unl)
+    with pytest.raises(NonFiniteError, match="loss_lab of seed 9 is not finite"):
+        guard.check()
 
 
 def test_stacked_seeds_train_and_resume_exactly(tmp_path, data_root):
@@ -161,6 +216,16 @@ def test_cli_seeds(tmp_path, data_root):
     for bad in ("1,1", "x", "3-"):
         r = cli("train", "--seeds", bad, "--out", str(tmp_path / "bad"))
         assert r.returncode == 2 and "--seeds" in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)
+
+
+def test_parse_seeds_ranges_and_limits():
+    from gencls.config import parse_seeds
+
+    assert parse_seeds("1-3,7") == [1, 2, 3, 7]
+    with pytest.raises(gencls.GenclsError, match="at most 1000 seeds"):
+        parse_seeds("0-2147483647")  # refused before the list is built
+    with pytest.raises(gencls.GenclsError, match="distinct"):
+        parse_seeds("1,1")
 
 
 def test_grads_into_gives_fused_adam_gradients_in_the_parameters_layout():

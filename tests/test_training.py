@@ -65,6 +65,37 @@ def test_resume_equals_uninterrupted(tmp_path, data_root):
     assert torch.equal(gencls.load_run(full, "last").logits(x), gencls.load_run(part, "last").logits(x))
 
 
+def test_settings_changed_on_resume_are_kept_by_the_next_resume(tmp_path, data_root):
+    """--resume --epochs 3 stopped after epoch 2: a plain --resume goes on to epoch 3 (config.json
+    holds the new setting); an unchanged setting spelled as on the command line is accepted."""
+    small = dict(method="supervised", subset=600, val_size=100, batch_size=50, method_config={"hidden": [32]})
+    out = gencls.train(cfg(tmp_path, "r", epochs=1, **small), log=lambda s: None)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_2(record, method):
+        if record["epoch"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        gencls.train({"out": str(out), "epochs": 3}, resume=True, log=lambda s: None, on_epoch_end=stop_after_2)
+    assert json.loads((out / "config.json").read_text())["epochs"] == 3
+    lines = []
+    gencls.train({"out": str(out), "image_size": "28"}, resume=True, log=lines.append)
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2, 3]
+    gencls.train({"out": str(out)}, resume=True, log=lines.append)
+    assert any("nothing to train: the run has finished its 3 epochs" in s for s in lines)
+    with pytest.raises(gencls.GenclsError, match="image_size cannot change.*config.json"):
+        gencls.train({"out": str(out), "image_size": "32"}, resume=True, log=lambda s: None)
+
+
+def test_sample_grid_after_the_last_epoch(tmp_path, data_root):
+    out = gencls.train(cfg(tmp_path, "s", epochs=2, sample_every=5, subset=600, val_size=100,
+                           method_config={"hidden": [32, 32], "nz": 8}), log=lambda s: None)
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["epoch_002.png"]
+
+
 def test_existing_run_is_not_overwritten_silently(tmp_path, data_root):
     gencls.train(cfg(tmp_path, "r", epochs=1))
     with pytest.raises(gencls.GenclsError, match="--resume"):

@@ -136,6 +136,61 @@ def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, 
     assert rows[-1]["epoch"] == 4 and rows[-1]["skipped_steps"] == 18
 
 
+def test_skip_policy_leaves_a_nan_batch_out_and_trains_on(tmp_path, data_root, monkeypatch):
+    """--on-nan skip: a batch with a NaN image is dropped by the guard, its (NaN) losses are left out
+    of the epoch's means, and training goes on; with "stop" before any checkpoint the message says so."""
+    from gencls.methods.improved_gan import ImprovedGAN
+
+    real_step, calls = ImprovedGAN.train_step, [0]
+
+    def poisoned(self, x_lab, y_lab, x_unl):
+        calls[0] += 1
+        if calls[0] == 5:
+            x_lab = x_lab.clone()
+            x_lab[0, 0, 0, 0] = float("nan")
+        return real_step(self, x_lab, y_lab, x_unl)
+
+    monkeypatch.setattr(ImprovedGAN, "train_step", poisoned)
+    kw = dict(method="improved-gan", labels=20, subset=300, val_size=50, batch_size=25, epochs=2, progress=False,
+              tensorboard=False, sample_every=0, device="cpu", method_config={"hidden": [32, 32], "nz": 8})
+    out = gencls.train(gencls.TrainConfig(out=str(tmp_path / "skip"), on_nan="skip", **kw), log=lambda s: None)
+    rows = read_metrics(out)
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["skipped_steps"] == 1
+    assert all(r[k] is not None and r[k] == r[k] for r in rows for k in ("loss_lab", "loss_unl", "loss_gen"))
+    calls[0] = 0
+    with pytest.raises(TrainingStopped, match=r"step 5 \(epoch 1\): loss_lab is not finite \(nan\); stopped. "
+                                              "No checkpoint had been written yet"):
+        gencls.train(gencls.TrainConfig(out=str(tmp_path / "stop"), **kw), log=lambda s: None)
+
+
+def test_a_signal_in_an_epochs_last_step_stops_at_its_end(tmp_path, data_root, monkeypatch):
+    """SIGINT during the last step of an epoch (here every step is one: one batch per epoch, and
+    --eval-every 2 would not checkpoint epoch 1) stops after that epoch with a checkpoint; the
+    resumed run ends as an uninterrupted one, with a sample grid after its last epoch."""
+    import os
+
+    from gencls.methods.supervised import Supervised
+
+    kw = dict(method="supervised", labels=20, subset=400, val_size=100, batch_size=300, eval_every=2, sample_every=5,
+              progress=False, tensorboard=False, device="cpu", method_config={"hidden": [32]})
+    full = gencls.train(gencls.TrainConfig(out=str(tmp_path / "full"), epochs=3, **kw), log=lambda s: None)
+    real_step = Supervised.train_step
+
+    def interrupted(self, *batch):
+        losses = real_step(self, *batch)
+        os.kill(os.getpid(), signal.SIGINT)  # the handler sets a flag: the step finishes
+        return losses
+
+    monkeypatch.setattr(Supervised, "train_step", interrupted)
+    part = tmp_path / "part"
+    with pytest.raises(TrainingStopped, match="SIGINT: stopped after epoch 1") as e:
+        gencls.train(gencls.TrainConfig(out=str(part), epochs=3, **kw), log=lambda s: None)
+    assert e.value.exit_code == 130
+    monkeypatch.setattr(Supervised, "train_step", real_step)
+    gencls.train({"out": str(part)}, resume=True, log=lambda s: None)
+    assert metrics(part) == metrics(full)
+
+
 def test_keep_and_checkpoint_every(tmp_path, data_root):
     out = tmp_path / "keep"
     gencls.train(gencls.TrainConfig(method="supervised", labels=100, subset=1000, val_size=100, epochs=4,

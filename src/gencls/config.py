@@ -139,6 +139,9 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+MAX_SEEDS = 1000  # seeds in one --seeds run (each is a whole model)
+
+
 def parse_seeds(text: str) -> list[int]:
     """``1,2,3`` or ``1-5`` (or a mix: ``1-3,7``) -> a list of seeds."""
     seeds = []
@@ -147,6 +150,8 @@ def parse_seeds(text: str) -> list[int]:
             part = part.strip()
             if "-" in part[1:]:
                 a, b = part.split("-", 1)
+                if int(b) - int(a) + 1 + len(seeds) > MAX_SEEDS:
+                    raise GenclsError(f"--seeds {text}: at most {MAX_SEEDS} seeds in one run")
                 seeds.extend(range(int(a), int(b) + 1))
             elif part:
                 seeds.append(int(part))

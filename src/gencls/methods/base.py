@@ -73,25 +73,36 @@ class StepGuard:
         if self._dev:
             self._dev["skipped"].zero_()
 
-    def step(self, optimizer: torch.optim.Optimizer, terms: dict[str, torch.Tensor]) -> bool:
+    def step(self, optimizer: torch.optim.Optimizer, terms: dict[str, torch.Tensor],
+             seeds: list[str] | None = None) -> bool:
+        """``seeds``: the optimizer holds several seeds' parameters stacked along their first
+        dimension (``--stack-seeds``) and each term is a vector with one value per seed; then the
+        gradient norm is checked per seed and a failure names its seed. (One fused Adam steps all
+        seeds at once, so a failed seed drops the update of every seed.)"""
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if grads:
-            gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        n = len(seeds) if seeds else 1
+        device = next(iter(terms.values())).device if terms else None
+        if grads and seeds:  # per seed: the norms of each parameter's slices, then over the parameters
+            norms = torch.stack(torch._foreach_norm([g[s] for g in grads for s in range(n)])).view(len(grads), n)
+            gnorm = torch.linalg.vector_norm(norms, dim=0)
+        elif grads:
+            gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).reshape(1)
         else:
-            gnorm = torch.zeros((), device=next(iter(terms.values())).device if terms else None)
-        values = torch.stack([t.detach().float().reshape(()) for t in terms.values()] + [gnorm.float()])
-        names = [*terms, "gradient norm"]
+            gnorm = torch.zeros(n, device=device)
+        values = torch.cat([t.detach().float().reshape(-1) for t in terms.values()] + [gnorm.float()])
+        who = [f" of {s}" for s in seeds] if seeds else [""]
+        names = [f"{k}{w}" for k in terms for w in who] + [f"gradient norm{w}" for w in who]
         if all(g.get("fused") for g in optimizer.param_groups):
-            self._device_step(optimizer, names, values)
+            self._device_step(optimizer, names, values, n)
             if not self.lazy:
                 self.check()
             return True
-        return self._host_step(optimizer, names, values.tolist())
+        return self._host_step(optimizer, names, values.tolist(), n)
 
-    def _host_step(self, optimizer, names: list[str], values: list[float]) -> bool:
+    def _host_step(self, optimizer, names: list[str], values: list[float], n_norms: int = 1) -> bool:
         bad = next(((n, v) for n, v in zip(names, values) if not math.isfinite(v)), None)
-        if bad is None and values[-1] > self.max_grad_norm:
-            bad = ("gradient norm", values[-1])
+        if bad is None:
+            bad = _exploded(names, values, n_norms, self.max_grad_norm)
         if bad is None:
             optimizer.step()
             return True
@@ -101,7 +112,7 @@ class StepGuard:
         self._skipped += 1
         return False
 
-    def _device_step(self, optimizer, names: list[str], values: torch.Tensor) -> None:
+    def _device_step(self, optimizer, names: list[str], values: torch.Tensor, n_norms: int = 1) -> None:
         dev = values.device
         if not self._dev or self._dev["skipped"].device != dev:
             self._dev = {"skipped": torch.zeros((), dtype=torch.int64, device=dev),
@@ -110,10 +121,10 @@ class StepGuard:
         rec = self._records.get(id(optimizer))
         if rec is None or rec["values"].shape != values.shape:
             rec = self._records[id(optimizer)] = {
-                "names": names, "count": torch.zeros((), dtype=torch.int64, device=dev),
+                "names": names, "norms": n_norms, "count": torch.zeros((), dtype=torch.int64, device=dev),
                 "first": torch.full((), -1, dtype=torch.int64, device=dev), "values": torch.zeros_like(values),
                 "found_inf": torch.zeros((), device=dev)}
-        bad = (~torch.isfinite(values)).any() | (values[-1] > self.max_grad_norm)
+        bad = (~torch.isfinite(values)).any() | (values[-n_norms:] > self.max_grad_norm).any()
         rec["count"].add_(1)
         new = bad & (rec["first"] < 0)
         rec["first"].copy_(torch.where(new, rec["count"], rec["first"]))
@@ -139,9 +150,17 @@ class StepGuard:
             return
         first, count, rec = max(failed, key=lambda f: f[1] - f[0])  # the earliest failure
         values = rec["values"].tolist()
-        name, value = next(((n, v) for n, v in zip(rec["names"], values) if not math.isfinite(v)),
-                           ("gradient norm", values[-1]))
+        name, value = next(((n, v) for n, v in zip(rec["names"], values) if not math.isfinite(v)), (None, None))
+        if name is None:
+            name, value = (_exploded(rec["names"], values, rec["norms"], self.max_grad_norm)
+                           or (rec["names"][-1], values[-1]))
         raise _non_finite(name, value, steps_ago=count - first)
+
+
+def _exploded(names: list[str], values: list[float], n_norms: int, limit: float) -> tuple[str, float] | None:
+    """The largest of the last ``n_norms`` values (gradient norms) if it is above ``limit``."""
+    i = max(range(len(values) - n_norms, len(values)), key=lambda j: values[j])
+    return (names[i], values[i]) if values[i] > limit else None
 
 
 def _non_finite(name: str, value: float, steps_ago: int) -> NonFiniteError:
@@ -165,6 +184,7 @@ class Method(nn.Module):
     # data-parallel training (gencls.training.distributed) sets this: (optimizer, terms) -> terms,
     # averaging the gradients and the terms over the processes before every optimizer step
     grad_sync = None
+    _stacked = False  # True once its tensors are views of a batched model of several seeds (``stack``)
 
     def __init__(self, config: dict | None, image_shape: tuple[int, int, int], num_classes: int):
         super().__init__()
@@ -225,13 +245,19 @@ class Method(nn.Module):
             p.grad = g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)
 
     @classmethod
+    def can_stack(cls, methods: list["Method"]) -> bool:
+        """Whether ``stack(methods, ...)`` gives a batched step (no side effects)."""
+        return False
+
+    @classmethod
     def stack(cls, methods: list["Method"], guard: StepGuard):
         """A batched training step for several seeds' copies of this method (``--stack-seeds``),
         or None when the method has none (then the seeds' steps run one after another). It returns
         an object with ``train_step(x_lab, y_lab, x_unl) -> dict`` of (S,) tensors, taking inputs
         with a leading seed dimension, that steps all copies at once and keeps each copy's weights,
         optimizer state and EMA current (see ``gencls.methods.stacking``); ``guard`` guards its
-        optimizer steps."""
+        optimizer steps (``StepGuard.step(..., seeds=...)``: per-seed terms and gradient norms),
+        naming a failed seed by its entry in the object's ``seed_names`` (the trainer sets them)."""
         return None
 
     def compile_networks(self, **options) -> None:
@@ -269,6 +295,9 @@ class Method(nn.Module):
                 "extra": self.extra_state()}
 
     def load_state(self, state: dict[str, Any], with_optimizers: bool = True) -> None:
+        if self._stacked:
+            raise GenclsError(f"method {self.name}: its weights and optimizer state are views of a batched model "
+                              "of several seeds (--stack-seeds); load a state before stacking, not after")
         self.load_state_dict(state["modules"])
         if with_optimizers:
             for k, opt in self.optimizers().items():

@@ -144,11 +144,13 @@ class ImprovedGAN(Method):
         return self._losses(l_lab, y_lab, loss_lab, loss_unl, loss_gen)
 
     @classmethod
+    def can_stack(cls, methods):
+        return all(m.arch == "mlp" for m in methods)  # the conv networks step one seed at a time
+
+    @classmethod
     def stack(cls, methods, guard):
-        """All seeds in one batched step: the MLP networks (the conv networks step one seed at a time)."""
-        if any(m.arch != "mlp" for m in methods):
-            return None
-        return _StackedImprovedGAN(methods, guard)
+        """All seeds in one batched step (the MLP networks)."""
+        return _StackedImprovedGAN(methods, guard) if cls.can_stack(methods) else None
 
     def flops_per_step(self, batch_size: int) -> dict[str, float]:
         """Floating-point operations of one training step with ``batch_size`` labelled images and
@@ -218,6 +220,9 @@ class _StackedImprovedGAN:
 
     def __init__(self, methods: list[ImprovedGAN], guard):
         self.methods, self.guard = methods, guard
+        self.seed_names = [f"seed index {s}" for s in range(len(methods))]  # the trainer names them "seed S"
+        for m in methods:
+            m._stacked = True
         self.config = methods[0].config
         self.disc = StackedModules([m.disc for m in methods])
         self.gen = StackedModules([m.gen for m in methods])
@@ -246,7 +251,7 @@ class _StackedImprovedGAN:
         loss_lab, loss_unl = self._loss_lab(l_lab, y_lab), self._loss_unl(l_unl, l_fake)
         self.opt_d.zero_grad(set_to_none=True)
         (loss_lab + self.config["unlabelled_weight"] * loss_unl).sum().backward()  # seeds' gradients are disjoint
-        self.guard.step(self.opt_d, {"loss_lab": loss_lab.sum(), "loss_unl": loss_unl.sum()})
+        self.guard.step(self.opt_d, {"loss_lab": loss_lab, "loss_unl": loss_unl}, self.seed_names)
         self._update_ema()
 
         fake = self.gen(self._z(n_gen, x_unl.device))
@@ -255,7 +260,7 @@ class _StackedImprovedGAN:
         _, f_fake = self.disc(fake.flatten(2))
         loss_gen = self._loss_gen(f_real.float(), f_fake.float())
         Method.grads_into(loss_gen.sum(), self.gen.trainable())  # vmap can return a transposed layout
-        self.guard.step(self.opt_g, {"loss_gen": loss_gen.sum()})
+        self.guard.step(self.opt_g, {"loss_gen": loss_gen}, self.seed_names)
         train_err = (l_lab.detach().argmax(2) != y_lab).float().mean(1)
         return {"loss_lab": loss_lab.detach(), "loss_unl": loss_unl.detach(), "loss_gen": loss_gen.detach(),
                 "train_err": train_err}

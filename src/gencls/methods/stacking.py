@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from gencls.errors import GenclsError
+
 
 def _owner(module: nn.Module, name: str) -> tuple[nn.Module, str]:
     *path, leaf = name.split(".")
@@ -71,6 +73,13 @@ def stacked_adam(stack: StackedModules, optimizers: list[torch.optim.Adam]) -> t
     for i, p in enumerate(params):
         olds = [o.state.get(ps[i], {}) for o, ps in zip(optimizers, per_seed)]
         started = all("exp_avg" in st for st in olds)
+        if any("exp_avg" in st for st in olds) and not started:
+            raise GenclsError("--stack-seeds: some seeds have taken optimizer steps and others not; "
+                              "train them in turn (--stack-seeds off)")
+        if started and len({float(st["step"]) for st in olds}) > 1:
+            raise GenclsError("--stack-seeds: the seeds' optimizers have taken different numbers of steps "
+                              f"({', '.join(str(int(st['step'])) for st in olds)}; e.g. after --on-nan skip in turn), "
+                              "and one batched Adam has one step count; train them in turn (--stack-seeds off)")
         st = opt.state[p] = {
             "step": (olds[0]["step"].detach().clone().float() if started
                      else torch.zeros((), dtype=torch.float32)).to(p.device if group.get("fused") else "cpu"),

@@ -155,7 +155,7 @@ def wn_linear(x: torch.Tensor, v: torch.Tensor, g: torch.Tensor, b: torch.Tensor
     """``(x vᵀ) · g/‖v‖ + b``: when it is trained on the CPU in fp32 through ``_WNLinearFunction``
     (fewer passes over the weights backward); otherwise (no gradient, CUDA, autocast, export or
     compilation) as plain ops."""
-    if (x.is_cuda or x.dtype != torch.float32 or not torch.is_grad_enabled() or not v.requires_grad
+    if (x.is_cuda or x.dim() != 2 or x.dtype != torch.float32 or not torch.is_grad_enabled() or not v.requires_grad
             or torch.is_autocast_enabled(x.device.type) or torch.onnx.is_in_onnx_export()
             or torch.jit.is_tracing() or torch.compiler.is_compiling()):
         return torch.addcmul(b, F.linear(x, v), g / v.norm(dim=1))

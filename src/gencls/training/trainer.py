@@ -30,7 +30,7 @@ from gencls.data.datasets import load_run_split
 from gencls.data.images import border_mean
 from gencls.errors import GenclsError, TrainingStopped  # noqa: F401  (TrainingStopped re-exported)
 from gencls.evaluation.metrics import predict_logits
-from gencls.methods import Method, NonFiniteError, create_method
+from gencls.methods import NonFiniteError, create_method
 from gencls.training import distributed
 from gencls.training.checkpoint import checkpoint_bytes_estimate, parse_checkpoint, save_checkpoint, validate_modules
 from gencls.training.runlog import RunLog, save_grid
@@ -93,21 +93,59 @@ def _resolve_config(config: TrainConfig | dict, resume: bool) -> TrainConfig:
     out = Path(given["out"])
     if (out / "seeds.json").exists():  # several seeds trained together: their shared configuration
         saved = TrainConfig.from_dict(read_json(out / "seeds.json")["config"])
+        if saved.seeds:
+            _settle_checkpoints(out, saved.seeds)  # a kill while they checkpointed: all at one point
     else:
         _check_out_dir(out, resume=True, overwrite=False)
         saved = TrainConfig.from_dict(read_json(out / "config.json"))
     _check_out_dir(out, resume=True, overwrite=False, seeds=saved.seeds)
     ignored = sorted(k for k, v in given.items() if k not in ("out", *RESUMABLE_OVERRIDES, *HOW_TO_RUN)
-                     and v is not None and v != getattr(saved, k, v))
+                     and v is not None and not _same_setting(saved, k, v))
     if ignored:
-        raise GenclsError(f"--resume: {', '.join(ignored)} cannot change in a resumed run "
-                          f"(they are fixed by {out / 'config.json'})")
+        raise GenclsError(f"--resume: {', '.join(ignored)} cannot change in a resumed run (they are fixed by "
+                          f"{out / ('seeds.json' if saved.seeds is not None else 'config.json')})")
     overrides = {k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES and v is not None}
     cfg = replace(saved, out=str(out), **overrides)
     for k in HOW_TO_RUN:  # where and how to run may change; the numbers then may differ slightly
         if given.get(k) is not None:
             setattr(cfg, k, given[k])
     return cfg.validate()
+
+
+def _same_setting(saved: TrainConfig, key: str, value) -> bool:
+    """Whether ``value`` given for ``key`` is the saved setting, as the command line or the API
+    may spell it (``--image-size 28`` is the saved ``[28, 28]``)."""
+    if value == getattr(saved, key, value):
+        return True
+    try:
+        return getattr(replace(saved, **{key: value}).validate(), key) == getattr(saved, key)
+    except (GenclsError, TypeError, ValueError):
+        return False
+
+
+PENDING = "last.next"  # several seeds: a seed's new "last" checkpoint until every seed has written its own
+COMMIT = "checkpoints-commit.json"  # several seeds: present while the seeds' new "last" files replace the old
+
+
+def _settle_checkpoints(out: Path, seeds: list[int], commit: bool | None = None) -> None:
+    """Several seeds checkpoint together: each writes ``last.next``, then OUT/checkpoints-commit.json
+    marks that all of them did, the files become ``last`` and the mark goes. After a kill in between,
+    every seed ends at the same point: the new one if the mark was written, else the old one."""
+    marker = out / COMMIT
+    if commit is None:
+        commit = marker.exists()
+    elif commit:
+        atomic_write_json(marker, {"seeds": seeds})
+    for s in seeds:
+        ck = out / f"seed-{s}" / "checkpoints"
+        for suffix in (".json", ".safetensors"):  # the .safetensors file last: it is what a resume reads
+            pending = ck / f"{PENDING}{suffix}"
+            if pending.exists():
+                if commit:
+                    pending.replace(ck / f"last{suffix}")
+                else:
+                    pending.unlink()
+    marker.unlink(missing_ok=True)
 
 
 def _subset_indices(n: int, subset: int | None, data_seed: int) -> torch.Tensor | None:
@@ -150,6 +188,56 @@ def error_rate(method, x: torch.Tensor, y: torch.Tensor) -> float | None:
     if len(y) == 0:
         return None
     return float((predict_logits(method, x, EVAL_BATCH).argmax(1) != y).float().mean())
+
+
+class _EpochLosses:
+    """One run's loss terms over the epoch so far, summed on the device (no host sync per step):
+    each term's sum over the steps whose terms were all finite, how many steps those were, and how
+    many were not. A step the guard dropped (``--on-nan skip``) returns non-finite terms: it is left
+    out of the epoch's means. As plain values (checkpoints, averaging over processes) it is a dict
+    of scalar tensors: the terms' sums plus ``_steps`` and ``_non_finite``."""
+
+    def __init__(self):
+        self.names: list[str] = []
+        self.acc: torch.Tensor | None = None  # [sum per term..., steps counted, steps not finite]
+
+    def add(self, losses: dict[str, torch.Tensor]) -> None:
+        vals = torch.stack([v.detach().float().reshape(()) for v in losses.values()])
+        if self.acc is None:
+            self.names, self.acc = list(losses), torch.zeros(len(losses) + 2, device=vals.device)
+        ok = torch.isfinite(vals).all()
+        self.acc[:-2].add_(torch.where(ok, vals, 0.0))
+        self.acc[-2].add_(ok)
+        self.acc[-1].add_(~ok)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        if self.acc is None:
+            return {}
+        return {**dict(zip(self.names, self.acc[:-2].unbind())), "_steps": self.acc[-2], "_non_finite": self.acc[-1]}
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor], steps: int, device) -> "_EpochLosses":
+        """From ``state()`` (or an older checkpoint's plain sums over ``steps`` steps)."""
+        new = cls()
+        names = [k for k in state if not k.startswith("_")]
+        if names:
+            sums = torch.stack([state[k].float().reshape(()) for k in names]).to(device)
+            old_bad = float(~torch.isfinite(sums).all()) if "_steps" not in state else 0.0
+            counts = torch.stack([torch.as_tensor(state.get("_steps", steps), dtype=torch.float32),
+                                  torch.as_tensor(state.get("_non_finite", old_bad), dtype=torch.float32)])
+            new.names, new.acc = names, torch.cat([sums, counts.to(device)])
+        return new
+
+    def means(self) -> dict[str, float | None]:
+        """Each term's mean over the counted steps (None if no step counted). One host sync."""
+        if self.acc is None:
+            return {}
+        values = self.acc.tolist()
+        steps = values[-2]
+        return {k: (v / steps if steps else None) for k, v in zip(self.names, values[:-2])}
+
+    def non_finite(self) -> int:
+        return 0 if self.acc is None else int(self.acc[-1])
 
 
 class DeviceImages:
@@ -264,8 +352,12 @@ def train(config: TrainConfig | dict, resume: bool = False, overwrite: bool = Fa
     Run by ``torchrun`` it trains data-parallel over the processes (``--batch-size`` per process);
     rank 0 alone logs, validates, writes the run folder and calls ``on_epoch_end``.
     """
-    with distributed.process_group() as ddp:
-        return _train(ddp, config, resume, overwrite, log if ddp.is_main else (lambda s: None), on_epoch_end)
+    threads = torch.get_num_threads()  # --threads applies to this training only
+    try:
+        with distributed.process_group() as ddp:
+            return _train(ddp, config, resume, overwrite, log if ddp.is_main else (lambda s: None), on_epoch_end)
+    finally:
+        torch.set_num_threads(threads)
 
 
 class _Run:
@@ -278,6 +370,7 @@ class _Run:
         self.log = (lambda text: log(f"{tag}: {text}")) if tag else log
         self.out = Path(cfg.out)
         self.ck_dir = self.out / "checkpoints"
+        self.two_phase = False  # several seeds: "last" is written as "last.next", then all seeds commit together
         self.sub = _subset_indices(len(data.labels), cfg.subset, cfg.data_seed)
         targets = data.labels if self.sub is None else data.labels[self.sub]
         self.n_train = len(targets)
@@ -302,7 +395,7 @@ class _Run:
                      "world_size": ddp.world}
         self.split_tensors = {"labelled": self.split.labelled, "validation": self.split.validation}
         self.index = None if self.sub is None else self.sub.to(device)  # split positions -> dataset rows
-        self.best, self.sums, self.runlog = {"val_error": None, "epoch": 0}, {}, distributed.NoLog()
+        self.best, self.losses, self.runlog = {"val_error": None, "epoch": 0}, _EpochLosses(), distributed.NoLog()
         self.data = data
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
@@ -326,7 +419,7 @@ class _Run:
                 if not torch.equal(state["split"][k], t):
                     raise GenclsError(f"--resume: the {k} split recomputed from the data differs from the one in "
                                       f"{last}; the dataset files changed since the run started")
-            validate_modules(method, state["method"]["modules"], last)
+            state["method"]["modules"] = validate_modules(method, state["method"]["modules"], last)  # prefixes stripped
             method.load_state(state["method"])
             step, self.best, epoch_step = ck["step"], ck["best"], ck.get("epoch_step", 0)
             world = ddp.world
@@ -340,9 +433,11 @@ class _Run:
             if ck.get("world_size", 1) != world and ck.get("epoch_step", 0):
                 raise GenclsError(f"--resume: {last} was written inside epoch {epoch} by {ck.get('world_size', 1)} "
                                   f"process(es); resume it with that many (a world size may change at an epoch end)")
-            self.sums = {k: t.to(device).clone() for k, t in state.get("sums", {}).items()}
+            self.losses = _EpochLosses.from_state(state.get("sums", {}), epoch_step, device)
             self.guard.skipped = ck.get("skipped_steps", 0)
             position = (epoch, epoch_step, step)
+            # the settings this resume changed (--epochs, --eval-every, ...) are the run's from now on
+            ddp.on_main(lambda: atomic_write_json(self.out / "config.json", {**cfg.to_dict(), "world_size": ddp.world}))
         else:
             def write_run_files():
                 atomic_write_json(self.out / "config.json", {**cfg.to_dict(), "world_size": ddp.world})
@@ -391,17 +486,20 @@ class _Run:
                    "val_error": val_error, "skipped_steps": self.guard.skipped}
         try:
             for name in names:  # "last" goes last: it is the commit point
+                if name == "last" and self.two_phase:
+                    name = PENDING
                 save_checkpoint(self.ck_dir / f"{name}.safetensors", state, ck_meta)
         except OSError as e:
             raise TrainingStopped(f"could not write a checkpoint into {self.ck_dir} ({e.strerror or e}); "
                                   "the previous complete checkpoint is kept") from None
 
     def end_epoch(self, epoch: int, step: int, iters: int, epoch_step: int, train_seconds: float, rngs: dict,
-                  evaluate: bool) -> dict:
+                  evaluate: bool, final: bool = False) -> dict:
         """Rank 0, after every epoch: the metrics line and the log line; with ``evaluate``, also the
-        validation error, the checkpoints (last, best, kept epochs); sample grids every sample_every."""
+        validation error, the checkpoints (last, best, kept epochs); sample grids every sample_every
+        epochs and after the run's ``final`` epoch."""
         cfg, method, out = self.cfg, self.method, self.out
-        sums = self.sums
+        means = self.losses.means()
         val_error = error_rate(method, self.x_val, self.y_val) if evaluate else None
         is_best = evaluate and (self.best["val_error"] is None
                                 or (val_error is not None and val_error < self.best["val_error"]))
@@ -411,7 +509,7 @@ class _Run:
             self.best = {"val_error": val_error, "epoch": epoch}
         world = self.ddp.world
         record = {"epoch": epoch, "step": step, "val_error": val_error,
-                  **{k: float(v) / iters for k, v in sums.items()},
+                  **means,
                   "best_val_error": self.best["val_error"], "skipped_steps": self.guard.skipped,
                   "epoch_seconds": train_seconds,
                   "images_per_second": (iters - epoch_step) * cfg.batch_size * world / max(train_seconds, 1e-9)}
@@ -428,7 +526,7 @@ class _Run:
                     for old in sorted(self.ck_dir.glob("epoch_*.safetensors"))[: -cfg.keep]:
                         old.unlink(missing_ok=True)
                         old.with_suffix(".json").unlink(missing_ok=True)
-            if method.can_generate and cfg.sample_every and epoch % cfg.sample_every == 0:
+            if method.can_generate and cfg.sample_every and (epoch % cfg.sample_every == 0 or final):
                 g = torch.Generator(device=self.device).manual_seed(SAMPLE_SEED)
                 save_grid(method.generate(100, generator=g), out / "samples" / f"epoch_{epoch:03d}.png")
         except OSError as e:
@@ -441,10 +539,20 @@ class _Run:
         else:
             val_txt, best_txt = f"not measured (--eval-every {cfg.eval_every})", ""
         self.log(f"epoch {epoch}/{cfg.epochs}: val error {val_txt}{best_txt}, "
-                 + ", ".join(f"{k} {float(v) / iters:.4f}" for k, v in sums.items())
+                 + ", ".join(f"{k} {v:.4f}" if v is not None else f"{k} n/a" for k, v in means.items())
                  + (f", skipped {self.guard.skipped} steps" if self.guard.skipped else "")
                  + f", {train_seconds:.1f}s")
         return record
+
+
+def _kept(runs: list[_Run]) -> str:
+    """What a stopped run leaves to resume from."""
+    lasts = [r.ck_dir / "last.safetensors" for r in runs]
+    if not any(p.exists() for p in lasts):
+        return "No checkpoint had been written yet"
+    if len(runs) > 1:
+        return f"The last good checkpoint of each seed (in {runs[0].out.parent}/seed-S/checkpoints) is kept"
+    return f"The last good checkpoint ({lasts[0]}) is kept"
 
 
 def _stepper(runs: list[_Run], cfg: TrainConfig, device, x_all, y_all, autocast, log):
@@ -466,6 +574,8 @@ def _stepper(runs: list[_Run], cfg: TrainConfig, device, x_all, y_all, autocast,
     stack = None
     if cfg.stack_seeds == "on" or (cfg.stack_seeds == "auto" and device.type == "cuda"):
         stack = type(methods[0]).stack(methods, runs[0].guard)
+        if stack is not None:
+            stack.seed_names = [r.tag for r in runs]  # a failed step names its seed
         if stack is None and cfg.stack_seeds == "on":
             raise GenclsError(f"--stack-seeds on: method {cfg.method} has no batched step for several seeds "
                               f"(with these networks); use --stack-seeds off")
@@ -483,9 +593,9 @@ def _stepper(runs: list[_Run], cfg: TrainConfig, device, x_all, y_all, autocast,
             return [{k: v[s] for k, v in losses.items()} for s in range(len(runs))]
         return stacked, True
 
-    can_stack = type(methods[0]).stack.__func__ is not Method.stack.__func__
+    can_stack = type(methods[0]).can_stack(methods)
     log(f"seeds {', '.join(str(r.cfg.seed) for r in runs)}: one step of each in turn, each with its own random stream"
-        + (" (--stack-seeds on: one batched model)" if can_stack and stack is None and cfg.stack_seeds != "off" else ""))
+        + (" (--stack-seeds on: one batched model)" if can_stack and cfg.stack_seeds != "off" else ""))
     for r in runs:
         r.own_rng = True
 
@@ -530,6 +640,8 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
     several = cfg.seeds is not None
     runs = [_Run(ddp, cfg.for_seed(s) if several else cfg, data, device, log, tag=f"seed {s}" if several else "")
             for s in cfg.seed_list]
+    for r in runs:
+        r.two_phase = several
     autocast = autocast_for(device, cfg.precision)
     if not resume:
         need = sum(r.need_bytes() for r in runs)
@@ -539,6 +651,8 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
                 _make_run_dir(r.out, False, 0)
             atomic_write_json(out / "seeds.json", {"seeds": cfg.seeds, "runs": [r.out.name for r in runs],
                                                    "config": cfg.to_dict()})
+    elif several:  # the settings this resume changed are the seeds' from now on
+        atomic_write_json(out / "seeds.json", {**read_json(out / "seeds.json"), "config": cfg.to_dict()})
 
     for r in runs:
         sizes = r.split.sizes()
@@ -559,6 +673,9 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
     if resume:
         where = f"epoch {epoch}, step {epoch_step} of {iters}" if epoch_step else f"the end of epoch {epoch - 1}"
         log(f"resuming {out} from {where} (global step {step})")
+        if epoch > cfg.epochs:
+            log(f"nothing to train: the run has finished its {epoch - 1} epochs; --epochs N (more than "
+                f"{epoch - 1}) trains on")
     method0 = runs[0].method
     log(f"method: {cfg.method} ({method0.parameter_count():,} parameters"
         + (f" per seed, {len(runs)} seed{'s' if len(runs) > 1 else ''}" if several else "") + f") on {device}, "
@@ -569,11 +686,9 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
     run_step, stacked = _stepper(runs, cfg, device, x_all, y_all, autocast, log)
 
     def stopped(e: NonFiniteError, bad_step: int, tag: str = ""):
-        where = f"{tag}: " if tag else ("one of the stacked seeds: " if stacked else "")
-        raise TrainingStopped(
-            f"{where}step {bad_step} (epoch {epoch}): {e}; stopped. The last good checkpoint "
-            + (f"of each seed (in {out}/seed-S/checkpoints)" if several else f"({runs[0].ck_dir / 'last.safetensors'})")
-            + " is kept; --on-nan skip skips such batches instead") from None
+        where = f"{tag}: " if tag else ""  # a stacked step's error names its seed
+        raise TrainingStopped(f"{where}step {bad_step} (epoch {epoch}): {e}; stopped. {_kept(runs)}; "
+                              "--on-nan skip skips such batches instead") from None
 
     def check_guards(bad_steps_ago_base: int) -> None:
         """Lazy divergence checks; a failed step is named by its global number and epoch."""
@@ -583,15 +698,22 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
             except NonFiniteError as e:
                 stopped(e, bad_steps_ago_base - getattr(e, "steps_ago", 0), r.tag if not stacked else "")
 
+    def commit_checkpoints() -> None:
+        if several:  # every seed's new "last" checkpoint, or (after a kill) none of them
+            _settle_checkpoints(out, cfg.seeds, commit=True)
+
     def checkpoint_all(at_step: int) -> None:
         check_guards(step)  # never save the result of a masked (failed) update
         for r in runs:
-            r.checkpoint(epoch - 1, at_step, step, r.sums)
+            r.checkpoint(epoch - 1, at_step, step, r.losses.state())
+        commit_checkpoints()
 
-    matmul_precision = torch.get_float32_matmul_precision()
+    matmul_precision, cudnn_tf32 = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
     t_start = time.time()
     try:
-        torch.backends.cuda.matmul.allow_tf32 = cfg.precision == "tf32"  # restored at the end
+        # fp32 means fp32 on CUDA too: TF32 products and convolutions only with --precision tf32
+        # (PyTorch allows TF32 convolutions by default); both restored at the end
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.precision == "tf32"
         with _StopSignals() as signals:
             while epoch <= cfg.epochs:
                 t0 = time.time()
@@ -609,16 +731,12 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
                     except NonFiniteError as e:
                         stopped(e, step + 1 - getattr(e, "steps_ago", 0), getattr(e, "tag", ""))
                     for r, run_losses in zip(runs, losses):
-                        for k, v in run_losses.items():  # summed on the device: no host sync per step
-                            if k in r.sums:
-                                r.sums[k].add_(v)
-                            else:
-                                r.sums[k] = v.detach().clone()
+                        r.losses.add(run_losses)  # summed on the device: no host sync per step
                     step += 1
                     if (i + 1) % LOG_EVERY == 0 or i + 1 == iters:
                         check_guards(step)
-                        sums0 = runs[0].sums
-                        bar.set_postfix({k: f"{float(v) / (i + 1):.3f}" for k, v in sums0.items()}, refresh=False)
+                        bar.set_postfix({k: "n/a" if v is None else f"{v:.3f}" for k, v in runs[0].losses.means().items()},
+                                        refresh=False)
                         for r, run_losses in zip(runs, losses):
                             r.runlog.scalars({k: float(v) for k, v in run_losses.items()}, step)
                     signum = ddp.agree_stop(signals.signum, step)  # all processes stop at the same step
@@ -635,26 +753,39 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
                     torch.cuda.synchronize(device)
                 train_seconds = time.time() - t0
                 out_of_time = cfg.minutes is not None and time.time() - t_start > 60 * cfg.minutes
-                evaluate = epoch % cfg.eval_every == 0 or epoch == cfg.epochs or bool(ddp.broadcast_json(out_of_time))
+                out_of_time = bool(ddp.broadcast_json(out_of_time))
+                signum = ddp.agree_stop(signals.signum, step)  # a signal during the epoch's last step
+                final = epoch == cfg.epochs or out_of_time
+                evaluate = epoch % cfg.eval_every == 0 or final
+                for r in runs:  # every run is checked before any writes
+                    # the epoch's mean losses over all processes
+                    r.losses = _EpochLosses.from_state(ddp.average(r.losses.state()), iters, device)
+                    if cfg.on_nan == "stop" and r.losses.non_finite():
+                        # a method that does not guard its steps: never checkpoint a diverged model
+                        raise TrainingStopped(f"{r.tag + ': ' if r.tag else ''}epoch {epoch}: a loss term is not "
+                                              f"finite; stopped. {_kept(runs)}")
                 for r in runs:
-                    r.sums = ddp.average(r.sums)  # the epoch's mean losses over all processes
-                    bad = [k for k, v in r.sums.items() if not math.isfinite(float(v))]
-                    if bad:  # a method that does not guard its steps: never checkpoint a diverged model
-                        raise TrainingStopped(f"{r.tag + ': ' if r.tag else ''}epoch {epoch}: loss term {bad[0]} is "
-                                              f"not finite; stopped. The last good checkpoint "
-                                              f"({r.ck_dir / 'last.safetensors'}) is kept")
                     ddp.average_buffers(r.method)
                     ddp.check_in_sync(r.method)
                     rngs = ddp.gather_rng(r.rng_state())
 
                     def end_epoch(r=r, rngs=rngs):
-                        record = r.end_epoch(epoch, step, iters, epoch_step, train_seconds, rngs, evaluate)
+                        record = r.end_epoch(epoch, step, iters, epoch_step, train_seconds, rngs, evaluate, final)
                         if on_epoch_end is not None:
                             on_epoch_end(record, r.method)
                     ddp.on_main(end_epoch)
+                commit_checkpoints()
+                if signum is not None and not final:
+                    if not evaluate:  # no checkpoint at this epoch end yet (--eval-every): the last one only
+                        for r in runs:
+                            r.checkpoint(epoch, 0, step, {})
+                        commit_checkpoints()
+                    raise TrainingStopped(f"{signal.Signals(signum).name}: stopped after epoch {epoch} (step {step}); "
+                                          f"checkpoint written. Continue with `gencls train --resume --out {out}`",
+                                          exit_code=130 if signum == signal.SIGINT else 143)
                 epoch, epoch_step = epoch + 1, 0
                 for r in runs:
-                    r.sums = {}
+                    r.losses = _EpochLosses()
                 if out_of_time and epoch <= cfg.epochs:
                     log(f"stopping after epoch {epoch - 1}: the {cfg.minutes}-minute budget is spent")
                     break
@@ -665,6 +796,7 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
         for r in runs:
             r.runlog.close()
         torch.set_float32_matmul_precision(matmul_precision)
+        torch.backends.cudnn.allow_tf32 = cudnn_tf32
     if several:
         _seeds_summary(runs, cfg, out, log)
     return out
