@@ -11,14 +11,15 @@
 #   train     `gencls train --seeds 1-5` end to end (stacked, the default on CUDA), 3 epochs (~1 min)
 #   to-error  the plain and the optimised step's wall time to 5 / 2 / 1.5 % test error in the same
 #             run, each stopping at 1.5 % or after 2.5 minutes (~5.5 min)
-# On the device tool: `protocol seeds` in one call (~8 min), `train to-error` in a second if the
-# session's device time allows. Writes protocol_metrics.jsonl, protocol_eval.json, seeds_speed_*.json, seeds_metrics/,
-# to_error.json and log under $OUT.
+#   methods   every method's eager training step on the GPU, ms/step (~1 min)
+# On the device tool: `protocol seeds` in one call (~8 min), `train methods to-error` in a second
+# if the session's device time allows. Writes protocol_metrics.jsonl, protocol_eval.json, seeds_speed_*.json, seeds_metrics/,
+# to_error.json, methods_speed.json and log under $OUT.
 set -uo pipefail
 OUT=${OUT:-runs/gpu-next}
 source "$(dirname "$0")/gpu_env.sh"
 PARTS=("$@")
-[ ${#PARTS[@]} -eq 0 ] && PARTS=(protocol seeds train to-error)
+[ ${#PARTS[@]} -eq 0 ] && PARTS=(protocol seeds train to-error methods)
 
 for part in "${PARTS[@]}"; do
   echo "== $part ($(date -u +%T))"
@@ -47,8 +48,10 @@ for part in "${PARTS[@]}"; do
     to-error)
       timeout 400 $PY benchmarks/speed.py --device cuda --precision bf16 --cuda-graphs --steps 300 --to-error \
         --max-minutes 2.5 --run-dir /tmp/speed_runs --out "$OUT/to_error.json" | tail -6 ;;
+    methods)
+      timeout 150 $PY benchmarks/methods_speed.py --device cuda --steps 200 --out "$OUT/methods_speed.json" | tail -8 ;;
     *)
-      echo "unknown part '$part' (protocol, seeds, train, to-error)"; exit 2 ;;
+      echo "unknown part '$part' (protocol, seeds, train, to-error, methods)"; exit 2 ;;
   esac
   echo "== $part done in $SECONDS s"
 done

@@ -8,6 +8,7 @@ folder instead (before/after comparisons; ``--rounds`` alternates them). Writes 
 prints a table.
 
     python benchmarks/methods_speed.py --threads 2 --steps 30
+    python benchmarks/methods_speed.py --device cuda --steps 200
     python benchmarks/methods_speed.py --src /tmp/old/src --src src --rounds 3 --out runs/methods.json
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 ITERS_PER_EPOCH = 550  # MNIST-100: 55,000 unlabelled images / batch 100
 
 
-def child(method: str, threads: int, steps: int, batch: int) -> None:
+def child(method: str, threads: int, steps: int, batch: int, device: str) -> None:
     import gencls  # noqa: F401 -- first, as the command line imports it
     import torch
 
@@ -32,17 +33,23 @@ def child(method: str, threads: int, steps: int, batch: int) -> None:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    m = create_method(method, {}, (1, 28, 28), 10).train()
+    dev = torch.device(device)
+    m = create_method(method, {}, (1, 28, 28), 10).to(dev).train()
     m.guard.lazy = True
-    m.setup(torch.rand(500, 1, 28, 28))
+    m.setup(torch.rand(500, 1, 28, 28, device=dev))
     n_unl = batch * max(type(m).unlabelled_batches, 1)
-    x, y, u = torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,)), torch.rand(n_unl, 1, 28, 28)
+    x, y, u = (torch.rand(batch, 1, 28, 28, device=dev), torch.randint(0, 10, (batch,), device=dev),
+               torch.rand(n_unl, 1, 28, 28, device=dev))
     for _ in range(3):
         m.train_step(x, y, u)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
     t = time.perf_counter()
     for _ in range(steps):
         losses = m.train_step(x, y, u)
-    m.guard.check()
+    m.guard.check()  # waits for the queued steps
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
     ms = (time.perf_counter() - t) / steps * 1e3
     assert all(torch.isfinite(v).all() for v in losses.values())
     print(json.dumps({"ms_per_step": ms, "seconds_per_epoch": ms * ITERS_PER_EPOCH / 1e3}))
@@ -53,6 +60,7 @@ def main() -> None:
     p.add_argument("--methods", default="improved-gan,acgan,vae-m2,aae,supervised")
     p.add_argument("--src", action="append", help="a checkout's src folder to time (repeatable; default: this one)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--rounds", type=int, default=1)
@@ -60,7 +68,7 @@ def main() -> None:
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        return child(args.child, args.threads, args.steps, args.batch)
+        return child(args.child, args.threads, args.steps, args.batch, args.device)
 
     srcs = args.src or [str(Path(__file__).resolve().parent.parent / "src")]
     methods = args.methods.split(",")
@@ -71,7 +79,7 @@ def main() -> None:
             for src in srcs:
                 env = {**os.environ, "PYTHONPATH": os.path.abspath(src)}
                 out = subprocess.run([sys.executable, __file__, "--child", method, "--threads", str(args.threads),
-                                      "--steps", str(args.steps), "--batch", str(args.batch)],
+                                      "--steps", str(args.steps), "--batch", str(args.batch), "--device", args.device],
                                      env=env, capture_output=True, text=True)
                 if out.returncode:
                     raise SystemExit(f"{method} ({src}) failed:\n{out.stderr[-2000:]}")
@@ -80,7 +88,7 @@ def main() -> None:
                       flush=True)
         rounds.append(row)
     median = {k: statistics.median(rd[k]["ms_per_step"] for rd in rounds) for k in rounds[0]}
-    result = {"threads": args.threads, "cpu_count": os.cpu_count(), "batch": args.batch, "steps": args.steps,
+    result = {"device": args.device, "threads": args.threads, "cpu_count": os.cpu_count(), "batch": args.batch, "steps": args.steps,
               "time": time.strftime("%Y-%m-%d %H:%M:%S"), "load_average_at_start": os.getloadavg(),
               "srcs": srcs, "rounds": rounds, "median_ms_per_step": median}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
