@@ -101,3 +101,22 @@ def test_existing_run_is_not_overwritten_silently(tmp_path, data_root):
     with pytest.raises(gencls.GenclsError, match="--resume"):
         gencls.train(cfg(tmp_path, "r", epochs=1))
     gencls.train(cfg(tmp_path, "r", epochs=1), overwrite=True)
+
+
+def test_epoch_loss_sums_leave_non_finite_steps_out_and_round_trip():
+    from gencls.training.trainer import _EpochLosses
+
+    sums = _EpochLosses()
+    n = 57
+    for i in range(n):
+        bad = i == 3
+        sums.add({"a": torch.tensor(float("nan") if bad else 1.0), "b": torch.tensor(float(i))})
+    assert sums.non_finite() == 1
+    means = sums.means()
+    assert means["a"] == 1.0 and means["b"] == pytest.approx((sum(range(n)) - 3) / (n - 1))
+    again = _EpochLosses.from_state(sums.state(), steps=0, device="cpu")
+    assert again.means() == means and again.non_finite() == 1
+    old = _EpochLosses.from_state({"a": torch.tensor(6.0)}, steps=3, device="cpu")  # an older checkpoint's sums
+    assert old.means() == {"a": 2.0} and old.non_finite() == 0
+    old.add({"a": torch.tensor(4.0)})
+    assert old.means() == {"a": 2.5}

@@ -194,8 +194,10 @@ class _EpochLosses:
     """One run's loss terms over the epoch so far, summed on the device (no host sync per step):
     each term's sum over the steps whose terms were all finite, how many steps those were, and how
     many were not. A step the guard dropped (``--on-nan skip``) returns non-finite terms: it is left
-    out of the epoch's means. As plain values (checkpoints, averaging over processes) it is a dict
-    of scalar tensors: the terms' sums plus ``_steps`` and ``_non_finite``."""
+    out of the epoch's means. Added step by step (not summed in blocks), so that a run resumed from
+    a checkpoint inside an epoch rounds its sums as an uninterrupted run. As plain values
+    (checkpoints, averaging over processes) it is a dict of scalar tensors: the terms' sums plus
+    ``_steps`` and ``_non_finite``."""
 
     def __init__(self):
         self.names: list[str] = []
