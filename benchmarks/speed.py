@@ -40,7 +40,7 @@ import threading
 import time
 from pathlib import Path
 
-import gencls  # noqa: F401 -- before torch: the OpenMP spin count the command line runs with
+import gencls  # before torch: the OpenMP spin count the command line runs with
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -189,7 +189,7 @@ def _profile(step, start: int, n: int, dev: torch.device) -> dict:
 
 def time_to_error(variant: str, args) -> dict:
     """Train one variant; wall time (training + per-epoch evaluation) to each test-error threshold."""
-        from gencls.data import load_split
+    from gencls.data import load_split
     from gencls.training.trainer import error_rate
 
     test = load_split("mnist", "test", args.data_root, log=lambda *_: None)
