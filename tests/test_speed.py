@@ -343,3 +343,16 @@ def test_openmp_spin_count_is_set_unless_the_user_chose_one():
     assert spin() == "1000"
     assert spin(GOMP_SPINCOUNT="5") == "5"
     assert spin(OMP_WAIT_POLICY="ACTIVE") == "None"
+
+
+def test_benchmark_scripts_compile_and_show_their_help():
+    """The benchmarks are not run by the tests (they take minutes); each must at least compile and
+    answer --help (an import error or a broken edit shows here, not in a GPU session)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "benchmarks"
+    for script in sorted(root.glob("*.py")):
+        compile(script.read_text(), str(script), "exec")
+    for name in ("speed.py", "seeds_speed.py", "methods_speed.py", "contention.py", "ddp_speed.py"):
+        out = subprocess.run([sys.executable, str(root / name), "--help"], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and "usage" in out.stdout, (name, out.stderr[-500:])
