@@ -28,13 +28,14 @@ def test_compare_writes_table_plot_and_json(first_compare):
     assert [r["method"] for r in summary["methods"]] == ["supervised", "aae"]
     assert len(summary["runs"]) == 4
     for r in summary["methods"]:
-        assert r["seeds"] == [1, 2] and 0 <= r["mean"] <= 100 and r["std"] >= 0
+        assert r["seeds"] == [1, 2] and r["failed_seeds"] == [] and 0 <= r["mean"] <= 100 and r["std"] >= 0
         assert r["best"]["error"] <= r["mean"] <= r["worst"]["error"]
         assert r["parameters"] > 0 and r["train_seconds"] > 0
     md = (out / "compare.md").read_text()
     assert "| aae |" in md and "1.90 ± 0.10" in md and "Makhzani et al. 2015" in md
     assert "| supervised |" in md and "| none |" in md
     assert "Budget per run: 1 epoch, " in md and "device cpu" in md and "2 run(s) in parallel" in md
+    assert "threads per run 1" in md and "sample standard deviation" in md
     assert all(r["device"] == "cpu" for r in summary["runs"])
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "compare.json").read_text())["settings"]["labels"] == 100
@@ -62,7 +63,7 @@ def test_compare_resumes_without_retraining(first_compare):
     lines = []
     summary = compare(CompareConfig(methods=["supervised", "aae"], seeds=3, jobs=1, out=str(out), **SETTINGS),
                       log=lines.append)
-    assert "6 runs, 3 already finished, 3 to train" in lines[0]
+    assert "6 runs, 3 already done, 3 to train" in lines[0]
     assert len(summary["runs"]) == 6 and all(len(r["seeds"]) == 3 for r in summary["methods"])
     for r in runs:  # nothing trained again: checkpoints untouched, same metrics
         assert (r / "checkpoints" / "last.safetensors").stat().st_mtime_ns == stamps[r.name], r.name
@@ -72,7 +73,7 @@ def test_compare_resumes_without_retraining(first_compare):
     # a third call trains nothing at all
     lines.clear()
     compare(CompareConfig(methods=["supervised", "aae"], seeds=3, out=str(out), **SETTINGS), log=lines.append)
-    assert "6 runs, 6 already finished, 0 to train" in lines[0]
+    assert "6 runs, 6 already done, 0 to train" in lines[0]
 
 
 def test_compare_refuses_other_settings_in_the_same_folder(first_compare):
@@ -96,3 +97,31 @@ def test_compare_user_mistakes(tmp_path):
         gencls.compare(methods=[], out=str(tmp_path / "c"), log=quiet)
     with pytest.raises(GenclsError, match="--seeds"):
         gencls.compare(methods=["supervised"], seeds=0, out=str(tmp_path / "c"), log=quiet)
+
+
+def test_a_diverging_run_is_shown_and_the_others_go_on(tmp_path, data_root, capsys):
+    """A run whose loss blows up is recorded as failed (not averaged, not retried), the rest of the
+    table is written, and the CLI exits non-zero."""
+    from gencls.cli import main
+
+    out = tmp_path / "cmp"
+    settings = {**SETTINGS, "labels": 20, "subset": 600, "val_size": 100}
+    summary = compare(CompareConfig(methods=["supervised", "improved-gan"], seeds=1, out=str(out),
+                                    method_configs={"improved-gan": {"lr": 1e30}}, **settings), log=quiet)
+    assert summary["failed"] == ["improved-gan-seed1"]
+    ig = next(r for r in summary["methods"] if r["method"] == "improved-gan")
+    assert ig["mean"] is None and ig["seeds"] == [] and ig["failed_seeds"] == [1]
+    sup = next(r for r in summary["methods"] if r["method"] == "supervised")
+    assert sup["seeds"] == [1] and sup["std"] is None  # one seed: no standard deviation
+    md = (out / "compare.md").read_text()
+    assert "| improved-gan | 1 failed (seed 1) |" in md and "not finite" in md
+    assert "(n=1)" in md and "±" not in md.split("| supervised |")[1].split("\n")[0]
+    assert (out / "runs" / "improved-gan-seed1" / "failed.json").exists()
+    assert "failed" in (out / "logs" / "improved-gan-seed1.log").read_text()
+    assert gencls.report(out).exists()  # the page shows the failed run too
+    # the CLI on the same folder: nothing retrained, the table printed, exit status 1
+    rc = main(["compare", "--methods", "supervised,improved-gan", "--seeds", "1", "--out", str(out),
+               "--dataset", "mnist", "--labels", "20", "--epochs", "1", "--subset", "600", "--val-size", "100",
+               "--batch-size", "50", "--threads", "1", "--device", "cpu", "--set", "improved-gan:lr=1e30"])
+    captured = capsys.readouterr()
+    assert rc == 1 and "1 failed (seed 1)" in captured.out and "improved-gan-seed1" in captured.err

@@ -144,3 +144,17 @@ def test_unknown_ood_set_is_a_user_error(gan_run):
     proc = subprocess.run([sys.executable, "-m", "gencls", "evaluate", str(gan_run), "--ood", "shoes"],
                           capture_output=True, text=True)
     assert proc.returncode != 0 and "--ood shoes" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_classification_report_by_hand():
+    """Rows of the confusion matrix are true classes; a class absent from the split has no accuracy."""
+    from gencls.evaluation.metrics import classification_report
+
+    y = torch.tensor([0, 0, 1, 1])
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 2.0, 0.0], [0.0, 2.0, 0.0]])
+    r = classification_report(y, logits, ["a", "b", "c"])
+    assert r["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [0, 0, 0]]
+    assert r["per_class_accuracy"] == {"a": 0.5, "b": 1.0, "c": None}
+    assert r["error_percent"] == pytest.approx(25.0)
+    p = torch.softmax(logits, 1)[torch.arange(4), y]
+    assert r["nll"] == pytest.approx(float(-p.log().mean()), rel=1e-6)

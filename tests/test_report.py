@@ -101,3 +101,41 @@ def test_report_on_missing_folder_is_a_user_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(gencls.InputError, match="not a finished run"):
         gencls.report(tmp_path / "empty")
+
+
+def test_report_of_a_run_with_sparse_validation_and_one_without(tmp_path, data_root):
+    """--eval-every 2 logs no validation error for odd epochs, --val-size 0 none at all: both report."""
+    for name, extra in [("sparse", dict(eval_every=2, val_size=200)), ("noval", dict(val_size=0))]:
+        cfg = gencls.TrainConfig(method="supervised", labels=100, subset=1200, epochs=3, batch_size=50,
+                                 out=str(tmp_path / name), progress=False, tensorboard=False, device="cpu",
+                                 threads=1, sample_every=0, **extra)
+        run_dir = train(cfg, log=quiet)
+        text = gencls.report(run_dir, log=quiet).read_text()
+        assert "Test result" in text and "validation error per epoch" in text
+    assert "no validation split" in text
+
+
+def test_report_reevaluates_when_eval_json_is_of_another_checkpoint(vae_run, tmp_path):
+    """A resumed run's best checkpoint moved on: an old eval.json must not be shown as its result."""
+    ev_path = vae_run / "eval.json"
+    gencls.evaluate(vae_run, log=quiet)
+    good = json.loads(ev_path.read_text())
+    stale = {**good, "checkpoint_epoch": good["checkpoint_epoch"] - 1, "error_percent": 77.77}
+    ev_path.write_text(json.dumps(stale))
+    text = gencls.report(vae_run, out=tmp_path / "r.html", log=quiet).read_text()
+    assert "77.77" not in text and f"{good['error_percent']:.2f}%" in text
+    assert json.loads(ev_path.read_text())["checkpoint_epoch"] == good["checkpoint_epoch"]  # written anew
+
+
+def test_report_helpers_on_awkward_metrics(tmp_path):
+    from gencls.reporting import _loss_terms, _sample_grids
+
+    rows = [{"epoch": 1, "loss_lab": None, "skipped_steps": 24, "seed": 1, "val_error": None},
+            {"epoch": 2, "loss_lab": 0.5, "loss_unl": 0.7, "skipped_steps": 0, "val_error": 0.3}]
+    assert _loss_terms(rows) == ["loss_lab", "loss_unl"]  # counters are not losses; later epochs count
+    (tmp_path / "samples").mkdir()
+    for e in (1, 500, 999, 1000):
+        (tmp_path / "samples" / f"epoch_{e:03d}.png").write_bytes(b"")
+    grids = _sample_grids(tmp_path)
+    assert [(label, f.name) for label, f in grids] == [("first", "epoch_001.png"), ("middle", "epoch_500.png"),
+                                                      ("last", "epoch_1000.png")]

@@ -233,7 +233,8 @@ def evaluate(run: Run | str | Path, split: str = "test", data_root: str | None =
     x = x.float().div(255)
     logits = run.logits(x)
     report = {"split": split, "method": cfg.method, "dataset": cfg.dataset, "labels": cfg.labels,
-              "checkpoint_epoch": run.meta.get("epoch"), "val_error": run.meta.get("val_error"),
+              "checkpoint_epoch": run.meta.get("epoch"), "checkpoint_step": run.meta.get("step"),
+              "val_error": run.meta.get("val_error"),
               **classification_report(y, logits, run.classes)}
     if generation:
         from gencls.evaluation import featurenet
@@ -274,7 +275,8 @@ def _previous_ood(path: Path, report: dict) -> dict:
         old = read_json(path) if path.exists() else {}
     except GenclsError:
         return {}
-    if old.get("checkpoint_epoch") != report["checkpoint_epoch"] or old.get("split") != report["split"]:
+    if (old.get("checkpoint_epoch") != report["checkpoint_epoch"] or old.get("split") != report["split"]
+            or old.get("checkpoint_step", report["checkpoint_step"]) != report["checkpoint_step"]):
         return {}
     return dict(old.get("ood") or {})
 

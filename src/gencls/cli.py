@@ -318,7 +318,8 @@ def cmd_evaluate(args) -> int:
                  feature_net=args.feature_net)
     print(f"{r['method']} on {r['dataset']} {args.split} ({r['n']} images, checkpoint of epoch {r['checkpoint_epoch']}): "
           f"error {r['error_percent']:.2f}%, accuracy {100 * r['accuracy']:.2f}%")
-    print("per-class accuracy: " + "  ".join(f"{c}: {100 * a:.1f}%" for c, a in r["per_class_accuracy"].items()))
+    print("per-class accuracy: " + "  ".join(f"{c}: " + ("no images" if a is None else f"{100 * a:.1f}%")
+                                             for c, a in r["per_class_accuracy"].items()))
     for name in dict.fromkeys(args.ood):
         o = r["ood"][name]
         print(f"out-of-distribution, {args.split} vs {name} ({o['score']}): AUROC {o['auroc']:.4f}, "
@@ -481,8 +482,12 @@ def cmd_compare(args) -> int:
                         labels=args.labels, seeds=args.seeds, epochs=args.epochs, minutes=args.minutes, out=args.out,
                         jobs=args.jobs, threads=args.threads, device=args.device, data_root=args.data_root,
                         val_size=args.val_size, subset=args.subset, batch_size=args.batch_size, method_configs=configs)
-    compare(cfg)
+    summary = compare(cfg)
     print((Path(args.out) / "compare.md").read_text())
+    if summary["failed"]:  # the table is written; the exit status says it is incomplete
+        print(f"gencls: {len(summary['failed'])} run(s) failed ({', '.join(summary['failed'])}); "
+              f"see {Path(args.out) / 'logs'}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -5,21 +5,26 @@ Seed s sets both the networks' seed and the data seed, so seed s is one draw of 
 images, the same draw for every method. Each run lives in ``OUT/runs/METHOD-seedS``; a run is
 finished when its ``result.json`` exists. Calling ``compare`` again on the same folder trains only
 what is missing: finished runs are reused as they are, a run stopped mid-way resumes from its last
-checkpoint (its ``--minutes`` budget then counts again from the resume). Each run's training log
-is ``OUT/logs/METHOD-seedS.log``.
+checkpoint (its ``--minutes`` budget then counts again from the resume; the table says which runs
+were resumed), and a run whose training finished but whose evaluation did not is only evaluated.
+A run whose training diverges (or crashes) is recorded in its ``failed.json``, shown in the table
+and left out of the means; the other runs go on. Failed runs are not retried: delete their
+``failed.json`` (or the run folder) to try again. Each run's training log is
+``OUT/logs/METHOD-seedS.log``.
 """
 from __future__ import annotations
 
 import os
 import statistics
 import time
+import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
-from gencls.errors import GenclsError
+from gencls.errors import GenclsError, TrainingDiverged
 from gencls.utils import atomic_write_bytes, atomic_write_json, read_json
 
 # every method of the project, in the order of the README's table (the default of ``compare``)
@@ -87,8 +92,15 @@ class CompareConfig:
                            progress=False, tensorboard=False)
 
 
-def _run_one(train_cfg: dict, run_dir: str) -> dict:
-    """Train (or resume) one run, evaluate it on the test set, write its result.json. Picklable for workers."""
+def _run_one(train_cfg: dict, run_dir: str, jobs: int = 1) -> dict:
+    """Train (or resume) one run, evaluate it on the test set, write its result.json. Picklable for workers.
+
+    A run that diverges or crashes returns (and writes to ``failed.json``) a record with ``failed``
+    set instead of raising, so that one bad run does not stop the others; errors a user can fix
+    (missing data, an unwritable folder, a signal) still raise.
+    """
+    import torch
+
     from gencls.api import evaluate, load_run
     from gencls.config import TrainConfig
     from gencls.training.runlog import read_metrics
@@ -103,24 +115,45 @@ def _run_one(train_cfg: dict, run_dir: str) -> dict:
         logf.write(s + "\n")
         logf.flush()
 
+    cfg = TrainConfig.from_dict(train_cfg)
+    record = {"method": cfg.method, "seed": cfg.seed, "data_seed": cfg.data_seed, "run": out.name}
     try:
-        cfg = TrainConfig.from_dict(train_cfg)
-        resume = (out / "checkpoints" / "last.safetensors").exists()
-        train(cfg, resume=resume, overwrite=not resume, log=log)
+        trained_mark = out / "trained.json"
+        if trained_mark.exists():  # trained before, its evaluation did not finish: never train it further
+            resumed = read_json(trained_mark).get("resumed", False)
+        else:
+            resumed = (out / "checkpoints" / "last.safetensors").exists()
+            train(cfg, resume=resumed, overwrite=not resumed, log=log)
+            atomic_write_json(trained_mark, {"resumed": resumed})
         run = load_run(out, device=cfg.device)  # evaluated where it trained (the GPU, when it had one)
         report = evaluate(run, "test", log=log)
         rows = read_metrics(out)
         val = run.meta.get("val_error")
-        result = {"method": cfg.method, "seed": cfg.seed, "data_seed": cfg.data_seed,
-                  "device": _device_name(cfg.device),
+        result = {**record, "device": _device_name(cfg.device),
                   "test_error_percent": report["error_percent"], "val_error_percent": None if val is None else 100 * val,
                   "best_epoch": run.meta["epoch"], "epochs": len(rows),
                   "train_seconds": sum(r["epoch_seconds"] for r in rows),
-                  "parameters": run.method.trained_parameter_count(), "run": out.name}
+                  "parameters": run.method.trained_parameter_count(),
+                  "threads": cfg.threads or torch.get_num_threads(), "jobs": jobs, "resumed": resumed}
         atomic_write_json(out / "result.json", result)
         return result
+    except TrainingDiverged as e:
+        log(f"failed: {e}")
+        return _failed(out, record, str(e))
+    except GenclsError:
+        raise
+    except Exception as e:  # a crash of this run: recorded, the others go on
+        log("failed:\n" + traceback.format_exc())
+        return _failed(out, record, f"{type(e).__name__}: {e}")
     finally:
         logf.close()
+
+
+def _failed(out: Path, record: dict, error: str) -> dict:
+    failed = {**record, "failed": error}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "failed.json", failed)
+    return failed
 
 
 def _device_name(name: str) -> str:
@@ -136,25 +169,59 @@ def _device_name(name: str) -> str:
 
 
 def _summarise(cfg: CompareConfig, results: list[dict]) -> list[dict]:
+    """One row per method: statistics over its finished runs (sample std, n - 1), its failed seeds listed."""
     from gencls.methods import get_method_class
 
     key = f"{cfg.dataset}/{cfg.labels}"
     rows = []
     for m in cfg.methods:
-        rs = sorted((r for r in results if r["method"] == m), key=lambda r: r["seed"])
-        if not rs:
+        mine = [r for r in results if r["method"] == m]
+        if not mine:
             continue
-        errs = [r["test_error_percent"] for r in rs]
-        best, worst = min(rs, key=lambda r: r["test_error_percent"]), max(rs, key=lambda r: r["test_error_percent"])
+        rs = sorted((r for r in mine if not r.get("failed")), key=lambda r: r["seed"])
+        failed = sorted(r["seed"] for r in mine if r.get("failed"))
         pub = get_method_class(m).published_results.get(key)
-        rows.append({"method": m, "seeds": [r["seed"] for r in rs], "test_errors_percent": errs,
-                     "mean": statistics.fmean(errs), "std": statistics.stdev(errs) if len(errs) > 1 else 0.0,
-                     "best": {"seed": best["seed"], "error": best["test_error_percent"]},
-                     "worst": {"seed": worst["seed"], "error": worst["test_error_percent"]},
-                     "epochs": statistics.fmean(r["epochs"] for r in rs),
-                     "train_seconds": statistics.fmean(r["train_seconds"] for r in rs),
-                     "parameters": rs[0]["parameters"], "published": pub})
+        row = {"method": m, "seeds": [r["seed"] for r in rs], "failed_seeds": failed,
+               "test_errors_percent": [r["test_error_percent"] for r in rs], "mean": None, "std": None,
+               "best": None, "worst": None, "epochs": None, "train_seconds": None, "parameters": None,
+               "published": pub}
+        if rs:
+            errs = row["test_errors_percent"]
+            best = min(rs, key=lambda r: r["test_error_percent"])
+            worst = max(rs, key=lambda r: r["test_error_percent"])
+            row.update({"mean": statistics.fmean(errs), "std": statistics.stdev(errs) if len(errs) > 1 else None,
+                        "best": {"seed": best["seed"], "error": best["test_error_percent"]},
+                        "worst": {"seed": worst["seed"], "error": worst["test_error_percent"]},
+                        "epochs": statistics.fmean(r["epochs"] for r in rs),
+                        "train_seconds": statistics.fmean(r["train_seconds"] for r in rs),
+                        "parameters": rs[0]["parameters"]})
+        rows.append(row)
     return rows
+
+
+def _fmt_mean(r: dict) -> str:
+    """``mean ± std (n=k)``; n=1 has no std; failed seeds are named."""
+    failed = r.get("failed_seeds") or []
+    fail = f"{len(failed)} failed (seed{'s' if len(failed) > 1 else ''} {', '.join(map(str, failed))})"
+    if r["mean"] is None:
+        return fail
+    std = f" ± {r['std']:.2f}" if r.get("std") is not None else ""
+    return f"{r['mean']:.2f}{std} (n={len(r['seeds'])}" + (f"; {fail}" if failed else "") + ")"
+
+
+def table_cells(r: dict) -> list[str]:
+    """The cells of one method's row, as in compare.md (the report's HTML table uses them too)."""
+    from_run = r["mean"] is not None
+    pub = r["published"]
+    return [r["method"], _fmt_mean(r),
+            f"{r['best']['error']:.2f} (seed {r['best']['seed']})" if from_run else "–",
+            f"{r['worst']['error']:.2f} (seed {r['worst']['seed']})" if from_run else "–",
+            _fmt_epochs(r["epochs"]) if from_run else "–", _fmt_time(r["train_seconds"]) if from_run else "–",
+            f"{r['parameters']:,}" if from_run else "–", pub["error"] if pub else "none", pub["source"] if pub else "–"]
+
+
+TABLE_HEADER = ["method", "test error % (mean ± std)", "best seed", "worst seed", "epochs", "training time",
+                "parameters", "published test error %", "source"]
 
 
 def _fmt_epochs(e: float) -> str:
@@ -165,32 +232,44 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
+def _used(runs: list[dict], key: str, default) -> str:
+    """What the runs used for ``key`` (threads, jobs): one value, or the values of a mix."""
+    vals = sorted({r.get(key) for r in runs if not r.get("failed") and r.get(key) is not None})
+    if not vals:
+        return str(default)
+    return str(vals[0]) if len(vals) == 1 else "mixed (" + ", ".join(map(str, vals)) + ")"
+
+
 def compare_markdown(summary: dict) -> str:
+    """compare.md: a heading, the settings sentence, the table, and the notes (the last line)."""
     s = summary["settings"]
+    runs = summary.get("runs", [])
     budget = f"{s['epochs']} epoch{'s' if s['epochs'] != 1 else ''}"
     if s.get("minutes"):
         budget += f" or {s['minutes']} min of training (checked at epoch ends), whichever ends first"
-    devices = sorted({r.get("device") or "unrecorded" for r in summary.get("runs", [])})
+    devices = sorted({r.get("device") or "unrecorded" for r in runs if not r.get("failed")})
     lines = [f"# Comparison: {s['dataset']}, {s['labels']} labels, seeds 1..{s['seeds']}", "",
              f"Budget per run: {budget}, batch {s['batch_size']}, "
              f"validation {s['val_size']} images" + (f", subset {s['subset']}" if s.get("subset") else "")
              + f"; device {', '.join(devices) or s.get('device', 'auto')}, "
-             f"threads per run {s.get('threads') or 'default'}, {s.get('jobs', 1)} run(s) in parallel. "
+             f"threads per run {_used(runs, 'threads', s.get('threads') or 'default')}, "
+             f"{_used(runs, 'jobs', s.get('jobs', 1))} run(s) in parallel. "
              "Each run is evaluated once on the test set with its best-validation checkpoint; seed s draws "
              "the labelled images (the same draw for every method).", "",
-             "| method | test error % (mean ± std) | best seed | worst seed | epochs | training time | parameters "
-             "| published test error % | source |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
     for r in summary["methods"]:
-        pub = r["published"]
-        lines.append(f"| {r['method']} | {r['mean']:.2f} ± {r['std']:.2f} (n={len(r['seeds'])}) "
-                     f"| {r['best']['error']:.2f} (seed {r['best']['seed']}) "
-                     f"| {r['worst']['error']:.2f} (seed {r['worst']['seed']}) | {_fmt_epochs(r['epochs'])} "
-                     f"| {_fmt_time(r['train_seconds'])} | {r['parameters']:,} "
-                     f"| {pub['error'] if pub else 'none'} | {pub['source'] if pub else '–'} |")
-    lines += ["", "Training time: mean per run, training epochs only (no evaluation). Parameters: those the "
-              "optimizers train (no EMA copies). Published figures come from the papers' own, much longer "
-              "training.", ""]
+        lines.append("| " + " | ".join(table_cells(r)) + " |")
+    notes = ("std: the sample standard deviation over seeds (n - 1); none with one seed. Training time: mean per "
+             "run, training epochs only (no evaluation). Parameters: those the optimizers train (no EMA copies). "
+             "Published figures come from the papers' own, much longer training.")
+    failed = [r for r in runs if r.get("failed")]
+    if failed:
+        notes += (" Failed runs (left out of the statistics): "
+                  + "; ".join(f"{r['method']} seed {r['seed']}: {r['failed']}" for r in failed) + ".")
+    resumed = [f"{r['method']} seed {r['seed']}" for r in runs if r.get("resumed")]
+    if resumed and s.get("minutes"):
+        notes += (f" Resumed after a stop ({', '.join(resumed)}): the time budget started again at the resume.")
+    lines += ["", notes, ""]
     return "\n".join(lines)
 
 
@@ -203,8 +282,9 @@ def plot_compare(summary: dict, path: str | Path) -> None:
     rows = summary["methods"]
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * max(1, len(rows)), 4.0), dpi=100)
     xs = range(len(rows))
-    ax.bar(xs, [r["mean"] for r in rows], yerr=[r["std"] for r in rows], capsize=6, color="#9ecae1",
-           edgecolor="#3182bd", label="mean ± std over seeds")
+    ax.bar(xs, [r["mean"] if r["mean"] is not None else 0.0 for r in rows],
+           yerr=[r["std"] or 0.0 for r in rows], capsize=6, color="#9ecae1",
+           edgecolor="#3182bd", label="mean ± std over seeds (sample std)")
     for i, r in enumerate(rows):
         ax.scatter([i] * len(r["test_errors_percent"]), r["test_errors_percent"], color="black", s=12, zorder=3,
                    label="one seed" if i == 0 else None)
@@ -260,37 +340,50 @@ def compare(config: CompareConfig | dict | None = None, log: Callable[[str], Non
             run_dir = out / "runs" / cfg.run_name(m, s)
             if (run_dir / "result.json").exists():
                 results.append(read_json(run_dir / "result.json"))
+            elif (run_dir / "failed.json").exists():
+                results.append(read_json(run_dir / "failed.json"))
             else:
                 todo.append((cfg.train_config(m, s, str(run_dir)).to_dict(), str(run_dir)))
     total = cfg.seeds * len(cfg.methods)
-    log(f"compare: {total} runs, {total - len(todo)} already finished, {len(todo)} to train "
-        f"({cfg.jobs} job(s)); run folders in {out / 'runs'}")
+    n_failed = sum(1 for r in results if r.get("failed"))
+    log(f"compare: {total} runs, {total - len(todo)} already done"
+        + (f" ({n_failed} failed; delete their failed.json to try again)" if n_failed else "")
+        + f", {len(todo)} to train ({cfg.jobs} job(s)); run folders in {out / 'runs'}")
 
     def done(r: dict) -> None:
         results.append(r)
+        if r.get("failed"):
+            log(f"  [{len(results)}/{total}] {r['method']} seed {r['seed']}: FAILED: {r['failed']} "
+                f"(log: {out / 'logs' / (r['run'] + '.log')})")
+            return
+        val = r["val_error_percent"]
         log(f"  [{len(results)}/{total}] {r['method']} seed {r['seed']}: test error {r['test_error_percent']:.2f}% "
-            f"(val {r['val_error_percent'] or float('nan'):.2f}%, {r['epochs']} epochs, {_fmt_time(r['train_seconds'])})")
+            f"(val {'n/a' if val is None else f'{val:.2f}%'}, {r['epochs']} epochs, {_fmt_time(r['train_seconds'])})")
 
     t0 = time.time()
     if cfg.jobs == 1 or len(todo) <= 1:
         for tc, rd in todo:
-            done(_run_one(tc, rd))
+            done(_run_one(tc, rd, 1))
     else:
-        with ProcessPoolExecutor(max_workers=min(cfg.jobs, len(todo)), mp_context=get_context("spawn")) as ex:
-            futures = {ex.submit(_run_one, tc, rd): rd for tc, rd in todo}
+        jobs = min(cfg.jobs, len(todo))
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as ex:
+            futures = {ex.submit(_run_one, tc, rd, jobs): rd for tc, rd in todo}
             for f in as_completed(futures):
                 try:
                     done(f.result())
-                except GenclsError:
-                    raise
-                except Exception as e:  # a worker's failure names its run; finished runs stay finished
+                except Exception as e:  # an error to fix (data, folder, signal): names its run; finished runs stay
+                    for other in futures:
+                        other.cancel()  # runs not started yet wait for the rerun
+                    if isinstance(e, GenclsError):
+                        raise GenclsError(f"run {Path(futures[f]).name}: {e}") from e
                     raise GenclsError(f"run {futures[f]} failed: {type(e).__name__}: {e} "
                                       f"(see logs/; rerun compare to continue)") from e
     if todo:
         log(f"compare: trained {len(todo)} run(s) in {_fmt_time(time.time() - t0)}")
 
     summary = {"settings": settings, "methods": _summarise(cfg, results),
-               "runs": sorted(results, key=lambda r: (cfg.methods.index(r["method"]), r["seed"]))}
+               "runs": sorted(results, key=lambda r: (cfg.methods.index(r["method"]), r["seed"])),
+               "failed": sorted(r["run"] for r in results if r.get("failed"))}
     atomic_write_json(out / "compare.json", summary)
     atomic_write_bytes(out / "compare.md", compare_markdown(summary).encode())
     plot_compare(summary, out / "compare.png")
@@ -308,4 +401,4 @@ def is_compare_folder(path: str | Path) -> bool:
 
 
 __all__ = ["DEFAULT_METHODS", "CompareConfig", "compare", "compare_markdown", "is_compare_folder", "load_compare",
-           "plot_compare"]
+           "plot_compare", "table_cells"]

@@ -19,3 +19,7 @@ class TrainingStopped(GenclsError):
     def __init__(self, message: str, exit_code: int = 1):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class TrainingDiverged(TrainingStopped):
+    """Training stopped because a loss or gradient stopped being finite (or exploded past the guard)."""

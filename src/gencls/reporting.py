@@ -30,7 +30,8 @@ def _plt():
     return plt
 
 # metrics.jsonl keys that are not loss terms
-_NOT_LOSSES = {"epoch", "step", "val_error", "best_val_error", "epoch_seconds", "images_per_second", "train_err"}
+_NOT_LOSSES = {"epoch", "step", "val_error", "best_val_error", "epoch_seconds", "images_per_second", "train_err",
+               "skipped_steps", "seed"}
 
 _CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; margin: 2em auto; max-width: 1100px;
@@ -74,9 +75,18 @@ def _page(title: str, body: str) -> bytes:
 
 # --- plots --------------------------------------------------------------------------------------
 
+def _loss_terms(rows: list[dict]) -> list[str]:
+    """Every loss term any epoch logged (an epoch whose steps were all skipped logs null), in order."""
+    terms: list[str] = []
+    for r in rows:
+        terms += [k for k, v in r.items() if k not in _NOT_LOSSES and k not in terms
+                  and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return terms
+
+
 def _loss_curves(rows: list[dict]) -> bytes | None:
     plt = _plt()
-    terms = [k for k in rows[0] if k not in _NOT_LOSSES and isinstance(rows[0][k], (int, float))]
+    terms = _loss_terms(rows)
     if not terms:
         return None
     n = len(terms)
@@ -100,10 +110,13 @@ def _loss_curves(rows: list[dict]) -> bytes | None:
 def _error_curve(rows: list[dict]) -> bytes:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 3.4), dpi=90)
-    epochs = [r["epoch"] for r in rows]
-    ax.plot(epochs, [100 * r["val_error"] for r in rows], marker="o", ms=3, label="validation error")
-    if "train_err" in rows[0]:
-        ax.plot(epochs, [100 * r["train_err"] for r in rows], marker=".", ms=3, alpha=0.7,
+    evaluated = [r for r in rows if r.get("val_error") is not None]  # --eval-every N: only every N-th epoch
+    if evaluated:
+        ax.plot([r["epoch"] for r in evaluated], [100 * r["val_error"] for r in evaluated], marker="o", ms=3,
+                label="validation error")
+    trained = [r for r in rows if r.get("train_err") is not None]
+    if trained:
+        ax.plot([r["epoch"] for r in trained], [100 * r["train_err"] for r in trained], marker=".", ms=3, alpha=0.7,
                 label="error on labelled training batches")
     ax.set_xlabel("epoch")
     ax.xaxis.get_major_locator().set_params(integer=True)
@@ -148,8 +161,15 @@ def _confidently_wrong(x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, c
 
 # --- pages --------------------------------------------------------------------------------------
 
+def _epoch_of(f: Path) -> int:
+    try:
+        return int(f.stem.split("_", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
 def _sample_grids(run_dir: Path) -> list[tuple[str, Path]]:
-    files = sorted((run_dir / "samples").glob("epoch_*.png"))
+    files = sorted((run_dir / "samples").glob("epoch_*.png"), key=lambda f: (_epoch_of(f), f.name))  # 999 < 1000
     if not files:
         return []
     last = len(files) - 1
@@ -178,6 +198,16 @@ def _generation_section(gen: dict) -> str:
     return out
 
 
+def _same_checkpoint(ev: dict, meta: dict) -> bool:
+    """Whether a saved test evaluation is of the checkpoint ``meta`` describes."""
+    return (ev.get("split") == "test" and ev.get("checkpoint_epoch") == meta.get("epoch")
+            and ev.get("checkpoint_step", meta.get("step")) == meta.get("step"))
+
+
+def _val_text(val: float | None) -> str:
+    return "no validation split" if val is None else f"validation error {100 * val:.2f}%"
+
+
 def run_report(run_dir: str | Path, out: str | Path | None = None, data_root: str | None = None,
                log: Callable[[str], None] = print) -> Path:
     from gencls.api import evaluate, load_run
@@ -189,7 +219,9 @@ def run_report(run_dir: str | Path, out: str | Path | None = None, data_root: st
     cfg = read_json(run_dir / "config.json")
     rows = read_metrics(run_dir)
     eval_path = run_dir / "eval.json"
-    ev = read_json(eval_path) if eval_path.exists() else evaluate(run, "test", data_root=data_root, log=log)
+    ev = read_json(eval_path) if eval_path.exists() else None
+    if ev is None or not _same_checkpoint(ev, run.meta):  # none, or of another checkpoint (a resumed run)
+        ev = evaluate(run, "test", data_root=data_root, log=log)
     test = load_run_split(run.config, "test", data_root, log=log)
     x = test.images.float().div(255)
     logits = run.logits(x)
@@ -201,7 +233,7 @@ def run_report(run_dir: str | Path, out: str | Path | None = None, data_root: st
              f"(best validation error), {len(rows)} epoch(s) trained, "
              f"{run.method.trained_parameter_count():,} trained parameters</p>",
              f"<p class=big>test error {ev['error_percent']:.2f}% on {ev['n']} images "
-             f"(validation error {100 * run.meta.get('val_error', float('nan')):.2f}%)</p>"]
+             f"({_val_text(run.meta.get('val_error'))})</p>"]
 
     parts.append("<h2>Configuration</h2>")
     conf_rows = [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in cfg.items()]
@@ -216,7 +248,8 @@ def run_report(run_dir: str | Path, out: str | Path | None = None, data_root: st
         if lc:
             parts.append(_img(lc, "loss curves per loss term"))
         parts.append(_img(_error_curve(rows), "validation error per epoch"))
-        parts.append(_table([[r["epoch"], 100 * r["val_error"], r.get("epoch_seconds", float("nan"))] for r in rows],
+        parts.append(_table([[r["epoch"], "–" if r.get("val_error") is None else 100 * r["val_error"],
+                              r.get("epoch_seconds", float("nan"))] for r in rows],
                             ["epoch", "validation error %", "seconds"]))
     else:
         parts.append("<p>No metrics recorded.</p>")
@@ -225,7 +258,8 @@ def run_report(run_dir: str | Path, out: str | Path | None = None, data_root: st
     parts.append(f"<p>error {ev['error_percent']:.2f}%, accuracy {100 * ev['accuracy']:.2f}%, "
                  f"NLL {ev['nll']:.4f} ({ev['n']} test images, evaluated once)</p>")
     parts.append('<div class=grid><div>'
-                 + _table([[c, 100 * a] for c, a in ev["per_class_accuracy"].items()], ["class", "accuracy %"])
+                 + _table([[c, "no images" if a is None else 100 * a] for c, a in ev["per_class_accuracy"].items()],
+                          ["class", "accuracy %"])
                  + "</div><div>" + _img(_confusion(ev["confusion_matrix"], classes,
                                                    f"{run.config.method}, test error {ev['error_percent']:.2f}%"),
                                         "confusion matrix") + "</div></div>")
@@ -254,33 +288,31 @@ def run_report(run_dir: str | Path, out: str | Path | None = None, data_root: st
 
 
 def compare_report(folder: str | Path, out: str | Path | None = None) -> Path:
-    from gencls.comparison import _fmt_epochs, _fmt_time, compare_markdown, load_compare, plot_compare
+    from gencls.comparison import TABLE_HEADER, compare_markdown, load_compare, plot_compare, table_cells
 
     folder = Path(folder)
     summary = load_compare(folder)
     s = summary["settings"]
     md = compare_markdown(summary).splitlines()
     intro = md[2] if len(md) > 2 else ""
-    rows = []
-    for r in summary["methods"]:
-        pub = r["published"]
-        rows.append([r["method"], f"{r['mean']:.2f} ± {r['std']:.2f} (n={len(r['seeds'])})",
-                     f"{r['best']['error']:.2f} (seed {r['best']['seed']})",
-                     f"{r['worst']['error']:.2f} (seed {r['worst']['seed']})", _fmt_epochs(r["epochs"]),
-                     _fmt_time(r["train_seconds"]), f"{r['parameters']:,}", pub["error"] if pub else "none",
-                     pub["source"] if pub else "–"])
+    rows = [table_cells(r) for r in summary["methods"]]
     png = folder / "compare.png"
     if not png.exists():
         plot_compare(summary, png)
+
+    def run_row(r: dict) -> list:
+        if r.get("failed"):
+            return [r["method"], r["seed"], "failed", "–", "–", "–", "–", r["run"]]
+        return [r["method"], r["seed"], r["test_error_percent"],
+                "–" if r.get("val_error_percent") is None else r["val_error_percent"], r["epochs"],
+                r["best_epoch"], round(r["train_seconds"]), r["run"]]
     parts = [f"<h1>gencls comparison: {html.escape(str(s['dataset']))}, {html.escape(str(s['labels']))} labels</h1>",
              f"<p>{html.escape(intro)}</p>",
-             _table(rows, ["method", "test error % (mean ± std)", "best seed", "worst seed", "epochs",
-                           "training time", "parameters", "published test error %", "source"]),
-             "<p class=muted>" + html.escape(md[-2] if len(md) > 1 else "") + "</p>",
+             _table(rows, TABLE_HEADER),
+             "<p class=muted>" + html.escape(md[-1] if len(md) > 3 else "") + "</p>",
              _img(png.read_bytes(), "test error per method"),
              "<h2>Runs</h2>",
-             _table([[r["method"], r["seed"], r["test_error_percent"], r["val_error_percent"], r["epochs"],
-                      r["best_epoch"], round(r["train_seconds"]), r["run"]] for r in summary["runs"]],
+             _table([run_row(r) for r in summary["runs"]],
                     ["method", "seed", "test error %", "validation error %", "epochs", "best epoch", "seconds",
                      "run folder (gencls report it for details)"])]
     path = Path(out) if out else folder / "report.html"

@@ -24,7 +24,8 @@ def classification_report(y_true: torch.Tensor, logits: torch.Tensor, classes: l
     y_true = y_true.cpu()
     cm = confusion_matrix(y_true, pred, k)
     support = cm.sum(1)
-    per_class = (cm.diag().float() / support.clamp_min(1)).tolist()
+    per_class = [None if n == 0 else a for a, n in  # a class with no images here has no accuracy
+                 zip((cm.diag().float() / support.clamp_min(1)).tolist(), support.tolist())]
     acc = float((pred == y_true).float().mean())
     nll = float(torch.nn.functional.cross_entropy(logits.float().cpu(), y_true))
     return {"n": int(len(y_true)), "accuracy": acc, "error": 1 - acc, "error_percent": 100 * (1 - acc), "nll": nll,

@@ -28,7 +28,7 @@ from gencls.config import TrainConfig
 from gencls.data import make_split
 from gencls.data.datasets import load_run_split
 from gencls.data.images import border_mean
-from gencls.errors import GenclsError, TrainingStopped  # noqa: F401  (TrainingStopped re-exported)
+from gencls.errors import GenclsError, TrainingDiverged, TrainingStopped  # noqa: F401  (TrainingStopped re-exported)
 from gencls.evaluation.metrics import predict_logits
 from gencls.methods import NonFiniteError, create_method
 from gencls.training import distributed
@@ -689,7 +689,7 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
 
     def stopped(e: NonFiniteError, bad_step: int, tag: str = ""):
         where = f"{tag}: " if tag else ""  # a stacked step's error names its seed
-        raise TrainingStopped(f"{where}step {bad_step} (epoch {epoch}): {e}; stopped. {_kept(runs)}; "
+        raise TrainingDiverged(f"{where}step {bad_step} (epoch {epoch}): {e}; stopped. {_kept(runs)}; "
                               "--on-nan skip skips such batches instead") from None
 
     def check_guards(bad_steps_ago_base: int) -> None:
@@ -764,7 +764,7 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
                     r.losses = _EpochLosses.from_state(ddp.average(r.losses.state()), iters, device)
                     if cfg.on_nan == "stop" and r.losses.non_finite():
                         # a method that does not guard its steps: never checkpoint a diverged model
-                        raise TrainingStopped(f"{r.tag + ': ' if r.tag else ''}epoch {epoch}: a loss term is not "
+                        raise TrainingDiverged(f"{r.tag + ': ' if r.tag else ''}epoch {epoch}: a loss term is not "
                                               f"finite; stopped. {_kept(runs)}")
                 for r in runs:
                     ddp.average_buffers(r.method)
