@@ -116,3 +116,34 @@ def test_evaluate_generation_cli_writes_eval_json(runs, small_feature_net):
     assert g["cas"] is None and "not applicable" in proc.stdout
     proc = gencls_cli("evaluate", runs["acgan"], "--n", "10")
     assert proc.returncode != 0 and "--generation" in proc.stderr
+
+
+def test_acgan_exports_to_onnx_with_spectral_norm_baked_in(runs, tmp_path, mnist_test):
+    """Spectral norm's power iteration (torch.vdot) has no ONNX operator: the export bakes the
+    normalised weights in; the file matches PyTorch and the caller's model is left as it was."""
+    import onnxruntime as ort
+
+    from gencls.export import export_onnx
+
+    run = gencls.load_run(runs["acgan"])
+    before = {k: v.clone() for k, v in run.method.state_dict().items()}
+    report = export_onnx(run, tmp_path / "acgan.onnx", n_check=200, log=lambda s: None)
+    assert report["max_abs_diff"] <= 1e-4
+    sess = ort.InferenceSession(str(tmp_path / "acgan.onnx"), providers=["CPUExecutionProvider"])
+    x = mnist_test.images[7000:7020].float() / 255
+    logits, _, _ = sess.run(None, {"image": x.numpy()})
+    assert abs(logits - run.logits(x).numpy()).max() < 1e-4
+    after = run.method.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    gen = export_onnx(run, tmp_path / "acgan-gen.onnx", part="generator", n_check=32, log=lambda s: None)
+    assert gen["max_abs_diff"] <= 1e-4
+
+
+def test_class_names_with_slashes_become_safe_file_names(runs, tmp_path):
+    """Fashion-MNIST's class 0 is "T-shirt/top": generated files must not land in subfolders."""
+    run = gencls.load_run(runs["acgan"])
+    run.classes = ["T-shirt/top", *run.classes[1:]]
+    images = gencls.generate(run, n=2, labels=0, seed=1)
+    paths = gencls.write_images(run, images, tmp_path / "out", labels=[0, 0])
+    assert [p.name for p in paths] == ["00000_T-shirt_top.png", "00001_T-shirt_top.png"]
+    assert all(p.parent == tmp_path / "out" and p.exists() for p in paths)

@@ -74,6 +74,19 @@ def test_compare_resumes_without_retraining(first_compare):
     lines.clear()
     compare(CompareConfig(methods=["supervised", "aae"], seeds=3, out=str(out), **SETTINGS), log=lines.append)
     assert "6 runs, 6 already done, 0 to train" in lines[0]
+    # a run trained further outside compare (train --resume --epochs 2): evaluated again, not retrained
+    import gencls
+    gencls.train(gencls.TrainConfig.from_dict({**json.loads((out / "runs" / "supervised-seed1" / "config.json")
+                                                            .read_text()), "epochs": 2}), resume=True, log=quiet)
+    lines.clear()
+    summary = compare(CompareConfig(methods=["supervised", "aae"], seeds=3, out=str(out), **SETTINGS),
+                      log=lines.append)
+    best = json.loads((out / "runs" / "supervised-seed1" / "checkpoints" / "best.json").read_text())["meta"]["epoch"]
+    r = next(r for r in summary["runs"] if r["run"] == "supervised-seed1")
+    assert r["best_epoch"] == best
+    if best == 2:  # (almost always: a second epoch of a 1-epoch run lowers the validation error)
+        assert any("supervised-seed1 has a newer best checkpoint" in ln for ln in lines)
+        assert r["epochs"] == 2 and r["resumed"]
 
 
 def test_compare_refuses_other_settings_in_the_same_folder(first_compare):

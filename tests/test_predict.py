@@ -85,3 +85,69 @@ def test_generate_and_evaluate_cli(trained_run, tmp_path):
     report = json.loads((trained_run / "eval.json").read_text())
     assert report["split"] == "test" and report["n"] == 10000 and len(report["per_class_accuracy"]) == 10
     assert "error" in proc.stdout and (trained_run / "confusion.png").exists()
+
+
+def test_a_run_folder_predicts_where_its_training_data_is_not(tmp_path, mnist_test):
+    """Training writes ood.json, so a run folder copied to another machine flags out-of-distribution
+    inputs without its training data; without ood.json it still classifies (no threshold)."""
+    import shutil
+
+    data = tmp_path / "data"
+    for c in (0, 1, 2):
+        write_pngs(data / "labelled" / str(c), mnist_test.images[mnist_test.labels == c][:40])
+    run_dir = gencls.train(gencls.TrainConfig(method="supervised", dataset=f"folder:{data}", epochs=2, batch_size=20,
+                                              out=str(tmp_path / "run"), progress=False, tensorboard=False,
+                                              device="cpu", sample_every=0), log=lambda s: None)
+    cal = json.loads((run_dir / "ood.json").read_text())
+    assert isinstance(cal["threshold"], float) and cal["epoch"] == gencls.load_run(run_dir).meta["epoch"]
+    shipped = shutil.copytree(run_dir, tmp_path / "shipped")
+    data.rename(tmp_path / "moved")
+    img = write_pngs(tmp_path / "img", mnist_test.images[mnist_test.labels == 1][:1])[0]
+    (p,) = gencls.predict(shipped, [img])
+    assert p.error is None and p.ood_flag is not None and p.label in ("0", "1", "2")
+    (shipped / "ood.json").unlink()  # e.g. a run trained before ood.json was written at the end
+    proc = subprocess.run([sys.executable, "-m", "gencls", "predict", str(shipped), str(img)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "no threshold: not calibrated" in proc.stdout and "training data" in proc.stderr
+
+
+def test_a_bare_checkpoint_file_predicts_exports_and_evaluates(trained_run, tmp_path, mnist_test):
+    """A checkpoint outside its run folder has no validation split: everything works, nothing is flagged."""
+    import onnxruntime  # noqa: F401
+    from fastapi.testclient import TestClient
+
+    from gencls.export import export_onnx
+    from gencls.onnx_runtime import OnnxClassifier
+    from gencls.server import create_app
+
+    bare = tmp_path / "bare" / "model.safetensors"
+    bare.parent.mkdir()
+    bare.write_bytes((trained_run / "checkpoints" / "best.safetensors").read_bytes())
+    run = gencls.load_run(bare)
+    cal = gencls.api.ood_calibration(run)
+    assert cal["threshold"] is None and cal["score"] == run.method.ood_score_name
+    img = write_pngs(tmp_path / "img", mnist_test.images[:2])
+    r = gencls.evaluate(run, ood=["noise"], log=lambda s: None)
+    assert r["ood"]["noise"]["flagged_in"] is None and 0 <= r["ood"]["noise"]["auroc"] <= 1
+    export_onnx(run, tmp_path / "bare.onnx", n_check=50, log=lambda s: None)
+    preds = OnnxClassifier(tmp_path / "bare.onnx").predict(img)
+    assert all(p.error is None and p.ood_flag is None for p in preds)
+    with TestClient(create_app(run)) as c:
+        resp = c.post("/predict", files=[("files", ("a.png", img[0].read_bytes(), "image/png"))])
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["ood_threshold"] is None and body["predictions"][0]["ood_flag"] is None
+        assert c.get("/model").json()["ood"]["threshold"] is None
+
+
+def test_evaluate_into_a_folder_it_cannot_write_still_reports(trained_run, tmp_path):
+    import shutil
+
+    ro = shutil.copytree(trained_run, tmp_path / "ro")
+    (ro / "eval.json").unlink(missing_ok=True)
+    (ro / "eval.json").mkdir()  # stands in for a read-only folder (the tests run as root)
+    notes = []
+    r = gencls.evaluate(ro, log=notes.append)
+    assert r["n"] == 10000 and 0 <= r["error_percent"] <= 100
+    assert any("could not write" in n for n in notes)

@@ -1,6 +1,7 @@
 """The Python API; the CLI is a thin layer over these functions."""
 from __future__ import annotations
 
+import re
 import secrets
 import sys
 from dataclasses import dataclass, field
@@ -107,11 +108,16 @@ def load_run(path: str | Path, which: str = "best", device: str = "cpu") -> Run:
     else:
         if not path.exists():
             raise InputError(f"{path}: no such run folder")
+        if not re.fullmatch(r"[\w.-]+", which) or which.startswith("."):
+            raise GenclsError(f"checkpoint {which!r}: a checkpoint name such as best, last or epoch_0010")
         ck_path, run_dir = path / "checkpoints" / f"{which}.safetensors", path
         if not ck_path.exists() and (path / "seeds.json").exists():
             runs = [str(path / name) for name in read_json(path / "seeds.json").get("runs", [])]
             raise InputError(f"{path}: holds one run per seed ({', '.join(runs)}); give one of them")
         if not ck_path.exists():
+            have = sorted(p.stem for p in (path / "checkpoints").glob("*.safetensors"))
+            if which != "best" and have:
+                raise InputError(f"{path}: no checkpoint {which!r} (it has {', '.join(have)})")
             raise InputError(f"{path}: not a finished run ({ck_path.relative_to(path)} missing)")
     state, meta = load_checkpoint(ck_path)
     try:
@@ -159,8 +165,10 @@ def ood_calibration(run: Run | str | Path, data_root: str | None = None, write: 
     if run.ood is not None:
         return run.ood
     key = _checkpoint_key(run)
+    uncalibrated = {**key, "score": run.method.ood_score_name, "higher_means": "more like the training data",
+                    "percentile": OOD_PERCENTILE, "threshold": None, "calibrated_on": None}
     if run.path is None:  # a bare checkpoint file: no validation split to calibrate on
-        run.ood = {**key, "threshold": None, "note": "no run folder, so no validation split to calibrate on"}
+        run.ood = {**uncalibrated, "note": "no run folder, so no validation split to calibrate on"}
         return run.ood
     path = run.path / "ood.json"
     if path.exists():
@@ -173,16 +181,32 @@ def ood_calibration(run: Run | str | Path, data_root: str | None = None, write: 
             run.ood = saved
             return saved
     cfg = run.config
-    data = load_run_split(cfg, "train", data_root, log=log)
+    try:
+        data = load_run_split(cfg, "train", data_root, log=log)
+    except GenclsError as e:  # a run folder moved to where its training data is not: classify, flag nothing
+        log(f"note: no out-of-distribution threshold: the training data to calibrate it on is not here ({e})")
+        run.ood = {**uncalibrated, "note": f"training data not available: {e}"}
+        return run.ood
     idx = _split_indices(run)
     which = "validation" if len(idx["validation"]) else "labelled"
     x = data.images[torch.as_tensor(idx[which], dtype=torch.long)].float().div(255)
+    return calibrate_ood(run, x, which, write=write, log=log)
+
+
+def calibrate_ood(run: Run, x: torch.Tensor, which: str, write: bool = True, log=print) -> dict[str, Any]:
+    """Calibrate the run's out-of-distribution threshold on images ``x`` (float in [0, 1]) of its
+    ``which`` split ("validation", or "labelled" without one) and keep it in ``ood.json``. The
+    trainer calls it at the end of training with the images it holds, so that a run folder copied
+    to a machine without its training data still flags out-of-distribution inputs."""
+    from gencls.evaluation.ood import OOD_PERCENTILE, calibrate_threshold, summary
+
     scores = run.ood_scores(x)
-    cal = {**key, "score": run.method.ood_score_name, "higher_means": "more like the training data",
+    cal = {**_checkpoint_key(run), "score": run.method.ood_score_name, "higher_means": "more like the training data",
            "percentile": OOD_PERCENTILE, "threshold": calibrate_threshold(scores, OOD_PERCENTILE),
            "calibrated_on": f"{which} split of the training set", "n": len(scores), "scores": summary(scores)}
     run.ood = cal
-    if write:
+    if write and run.path is not None:
+        path = run.path / "ood.json"
         try:
             atomic_write_json(path, cal)
         except OSError as e:
@@ -262,10 +286,13 @@ def evaluate(run: Run | str | Path, split: str = "test", data_root: str | None =
             prev = _previous_ood(run.path / name, report)
             if prev:
                 report["ood"] = prev
-        atomic_write_json(run.path / name, report)
-        plot_confusion(report["confusion_matrix"], run.classes,
-                       run.path / ("confusion.png" if split == "test" else f"confusion_{split}.png"),
-                       title=f"{cfg.method}, {split} error {report['error_percent']:.2f}%")
+        try:
+            atomic_write_json(run.path / name, report)
+            plot_confusion(report["confusion_matrix"], run.classes,
+                           run.path / ("confusion.png" if split == "test" else f"confusion_{split}.png"),
+                           title=f"{cfg.method}, {split} error {report['error_percent']:.2f}%")
+        except OSError as e:  # a read-only run folder: the figures are still returned (and printed)
+            log(f"note: could not write {run.path / name} ({e.strerror or e}); the results are not saved")
     return report
 
 
@@ -289,14 +316,15 @@ def evaluate_ood(run: Run | str | Path, x_in: torch.Tensor, against: list[str] |
 
     run = _as_run(run)
     cal = ood_calibration(run, data_root=data_root, log=log)
+    t = cal["threshold"]
     s_in = run.ood_scores(x_in)
     out = {}
     for name in against:
         s_out = run.ood_scores(ood_images(name, run.image_shape, data_root, log=log))
         out[name] = {"auroc": auroc(s_in, s_out), "fpr_at_95_tpr": fpr_at_tpr(s_in, s_out, 0.95),
-                     "n_in": len(s_in), "n_out": len(s_out), "score": cal["score"], "threshold": cal["threshold"],
-                     "flagged_in": float((s_in < cal["threshold"]).float().mean()),
-                     "flagged_out": float((s_out < cal["threshold"]).float().mean())}
+                     "n_in": len(s_in), "n_out": len(s_out), "score": cal["score"], "threshold": t,
+                     "flagged_in": None if t is None else float((s_in < t).float().mean()),
+                     "flagged_out": None if t is None else float((s_out < t).float().mean())}
     return out
 
 
@@ -374,6 +402,8 @@ def _labels_tensor(run: Run, labels, n: int) -> torch.Tensor | None:
 
 
 def _generator(run: Run, seed: int | None) -> torch.Generator:
+    if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**63):
+        raise GenclsError(f"--seed {seed}: must be an integer in [0, 2^63)")
     gen = torch.Generator(device=run.device)
     gen.manual_seed(seed if seed is not None else secrets.randbits(63))  # leaves the global RNG alone
     return gen
@@ -469,6 +499,11 @@ def interpolate(run: Run | str | Path, rows: int = 10, steps: int = 10, seed: in
     return m.decode_latent(z, labels).cpu(), row_labels
 
 
+def _file_safe(name: str) -> str:
+    """A class name as part of a file name: path separators and other awkward characters become "_"."""
+    return re.sub(r"[^\w.+-]+", "_", name).strip(".") or "_"
+
+
 def write_images(run: Run | str | Path, images: torch.Tensor, out_dir: str | Path,
                  labels: torch.Tensor | list[int] | None = None) -> list[Path]:
     """One PNG per image in ``out_dir``, named with its class: ``00000_7.png`` for the class it was
@@ -486,7 +521,7 @@ def write_images(run: Run | str | Path, images: torch.Tensor, out_dir: str | Pat
         names = ["pred-" + c for c in run.predict_classes(images)]
     paths = []
     for i, (img, name) in enumerate(zip(images, names)):
-        p = out / f"{i:05d}_{name}.png"
+        p = out / f"{i:05d}_{_file_safe(name)}.png"  # class names may hold "/" (Fashion-MNIST's T-shirt/top)
         save_image(img.float().clamp(0, 1), str(p))
         paths.append(p)
     return paths

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -58,6 +59,27 @@ def _nonneg_int(value: str) -> int:
     if n < 0:
         raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
     return n
+
+
+def _seed(value: str) -> int:
+    n = _nonneg_int(value)
+    if n >= 2**63:
+        raise argparse.ArgumentTypeError(f"{value} must be below 2^63")
+    return n
+
+
+def _port(value: str) -> int:
+    n = _nonneg_int(value)
+    if n > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (0-65535; 0 picks a free one)")
+    return n
+
+
+def _megabytes(value: str) -> float:
+    x = _positive_float(value)
+    if not math.isfinite(x) or x > 2**20:
+        raise argparse.ArgumentTypeError(f"{value} must be a size in MB, at most {2**20}")
+    return x
 
 
 def _positive_float(value: str) -> float:
@@ -174,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--generation", action="store_true",
                    help="also measure generated images: FID, KID, classifier score, label consistency, CAS")
     e.add_argument("--n", type=_positive_int, help="generated images for --generation (default 10000)")
-    e.add_argument("--seed", type=int, default=0, help="seed of the generated images for --generation")
+    e.add_argument("--seed", type=_seed, default=0, help="seed of the generated images for --generation")
     e.add_argument("--cas-epochs", type=_positive_int, default=5, help="epochs of the CAS classifier")
     e.add_argument("--feature-net", metavar="FILE",
                    help="feature network file for --generation (default: the data root's, made on first use)")
@@ -193,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     out = g.add_mutually_exclusive_group(required=True)
     out.add_argument("--out", help="PNG file of the grid")
     out.add_argument("--out-dir", help="folder: one PNG per image, named with its class")
-    g.add_argument("--seed", type=int, help="makes the images repeatable")
+    g.add_argument("--seed", type=_seed, help="makes the images repeatable")
     g.add_argument("--nrow", type=_positive_int, default=10, help="images per row")
     g.add_argument("--device", default="cpu", help="cpu, auto or cuda[:N]")
 
@@ -229,8 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="HTTP API and web page for a run (FastAPI on uvicorn)")
     sv.add_argument("run")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
-    sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--max-upload-mb", type=_positive_float, default=10.0, help="largest request body")
+    sv.add_argument("--port", type=_port, default=8000)
+    sv.add_argument("--max-upload-mb", type=_megabytes, default=10.0, help="largest request body")
     sv.add_argument("--max-images", type=_positive_int, default=64, help="most images per /predict request")
     sv.add_argument("--max-pixels", type=_positive_int, default=16_000_000, help="most pixels per image")
     sv.add_argument("--max-batch", type=_positive_int, default=64, help="most images per model call")
@@ -322,15 +344,18 @@ def cmd_evaluate(args) -> int:
                                              for c, a in r["per_class_accuracy"].items()))
     for name in dict.fromkeys(args.ood):
         o = r["ood"][name]
+        flagged = ("no threshold (not calibrated)" if o["threshold"] is None else
+                   f"flagged {100 * o['flagged_in']:.1f}% of {args.split} and {100 * o['flagged_out']:.1f}% of {name} "
+                   f"(threshold {o['threshold']:.4g})")
         print(f"out-of-distribution, {args.split} vs {name} ({o['score']}): AUROC {o['auroc']:.4f}, "
-              f"FPR at 95% TPR {100 * o['fpr_at_95_tpr']:.1f}%, flagged {100 * o['flagged_in']:.1f}% of {args.split} "
-              f"and {100 * o['flagged_out']:.1f}% of {name} (threshold {o['threshold']:.4g})")
+              f"FPR at 95% TPR {100 * o['fpr_at_95_tpr']:.1f}%, {flagged}")
     g = r.get("generation")
     if g:
         def pct(v):
             return "not applicable" if v is None else f"{100 * v:.2f}%"
 
-        print(f"generation ({g['n']} images, seed {g['seed']}; feature network test accuracy "
+        print(f"generation ({g['n']} images, seed {g['seed']}, against {g.get('n_real', '?')} real test images; "
+              f"KID over {g.get('kid_subsets', '?')} subsets of {g.get('kid_subset_size', '?')}; feature network test accuracy "
               f"{100 * g['feature_net']['test_accuracy']:.2f}%): FID {g['fid']:.3f}, KID {g['kid']:.5f} "
               f"(+-{g['kid_std']:.5f}), classifier score {g['classifier_score']:.3f} "
               f"(real test images: {g['classifier_score_real_test']:.3f}), "
@@ -430,7 +455,8 @@ def cmd_predict(args) -> int:
                 out.write(f"{r.path:<{width}}  ERROR {r.error}\n")
             else:
                 tops = "  ".join(f"{c} {100 * p:5.1f}%" for c, p in r.top_k)
-                verdict = "UNLIKE THE TRAINING DATA" if r.ood_flag else "in distribution"
+                verdict = ("no threshold: not calibrated" if r.ood_flag is None
+                           else "UNLIKE THE TRAINING DATA" if r.ood_flag else "in distribution")
                 out.write(f"{r.path:<{width}}  {r.label:>4} {100 * r.probability:5.1f}%   top-{len(r.top_k)}: {tops}"
                           f"   ood score {r.ood_score:.4g} ({verdict})\n")
     failed = sum(r.error is not None for r in results)

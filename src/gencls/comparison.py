@@ -149,6 +149,16 @@ def _run_one(train_cfg: dict, run_dir: str, jobs: int = 1) -> dict:
         logf.close()
 
 
+def _result_is_current(run_dir: Path, result: dict) -> bool:
+    """Whether result.json describes the run's best checkpoint now (a run resumed with ``train
+    --resume`` after compare finished it has a newer one)."""
+    try:
+        meta = read_json(run_dir / "checkpoints" / "best.json")["meta"]
+        return meta["epoch"] == result["best_epoch"]
+    except (GenclsError, KeyError, TypeError):
+        return True  # nothing to compare with: keep the result
+
+
 def _failed(out: Path, record: dict, error: str) -> dict:
     failed = {**record, "failed": error}
     out.mkdir(parents=True, exist_ok=True)
@@ -338,8 +348,12 @@ def compare(config: CompareConfig | dict | None = None, log: Callable[[str], Non
     for m in cfg.methods:
         for s in range(1, cfg.seeds + 1):
             run_dir = out / "runs" / cfg.run_name(m, s)
-            if (run_dir / "result.json").exists():
+            if (run_dir / "result.json").exists() and _result_is_current(run_dir, read_json(run_dir / "result.json")):
                 results.append(read_json(run_dir / "result.json"))
+            elif (run_dir / "result.json").exists():  # trained further outside compare (train --resume)
+                log(f"compare: {run_dir.name} has a newer best checkpoint than its result: evaluating it again")
+                atomic_write_json(run_dir / "trained.json", {"resumed": True})
+                todo.append((cfg.train_config(m, s, str(run_dir)).to_dict(), str(run_dir)))
             elif (run_dir / "failed.json").exists():
                 results.append(read_json(run_dir / "failed.json"))
             else:

@@ -14,6 +14,7 @@ is at most ``tolerance``.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -68,15 +69,39 @@ def _metadata(run, part: str) -> dict[str, str]:
     return {"gencls": json.dumps(meta)}
 
 
+def _inference_copy(method):
+    """A CPU copy of the method in eval mode with every parametrization (spectral norm) baked into
+    a plain weight: the exporter cannot trace spectral norm's ``vdot``, and at inference the
+    parametrized weight is a constant anyway. The caller's model stays where it was."""
+    from torch.nn.utils import parametrize
+
+    method = copy.deepcopy(method).cpu().eval()
+    # every value first: deep copies of a parametrized module share its generated class, so
+    # torch's remove_parametrizations on one breaks the others (an EMA copy, here)
+    with torch.no_grad():
+        baked = [(m, {name: getattr(m, name).detach().clone() for name in m.parametrizations})
+                 for m in method.modules() if parametrize.is_parametrized(m)]
+    for m, tensors in baked:
+        m.__class__ = m.__class__.__bases__[0]  # the module's own class, before parametrize wrapped it
+        delattr(m, "parametrizations")
+        for name, t in tensors.items():
+            m.register_parameter(name, nn.Parameter(t, requires_grad=False))
+    return method
+
+
 def _save_onnx(graph: nn.Module, args: tuple, path: Path, input_names, output_names, metadata: dict[str, str]):
     import onnx
 
     dynamic = {name: {0: "batch"} for name in [*input_names, *output_names]}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-        torch.onnx.export(graph, args, str(path), dynamo=False, input_names=list(input_names),
-                          output_names=list(output_names), dynamic_axes=dynamic, opset_version=OPSET,
-                          do_constant_folding=True)
+        try:
+            torch.onnx.export(graph, args, str(path), dynamo=False, input_names=list(input_names),
+                              output_names=list(output_names), dynamic_axes=dynamic, opset_version=OPSET,
+                              do_constant_folding=True)
+        except Exception as e:  # noqa: BLE001 - an operator ONNX lacks: one line, not a traceback
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise GenclsError(f"this model cannot be exported to ONNX opset {OPSET}: {first}") from None
     model = onnx.load(str(path))
     for k, v in metadata.items():
         entry = model.metadata_props.add()
@@ -96,7 +121,7 @@ def export_onnx(run, out: str | Path, part: str = "classifier", n_check: int = 1
     run = _as_run(run)
     if part not in PARTS:
         raise GenclsError(f"--part {part}: one of {', '.join(PARTS)}")
-    method = run.method.cpu().eval()
+    method = _inference_copy(run.method)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(0)

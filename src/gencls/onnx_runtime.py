@@ -42,7 +42,8 @@ class OnnxClassifier:
         self.classes: list[str] = list(self.meta["classes"])
         self.image_shape = tuple(self.meta["image_shape"])
         self.background = float(self.meta.get("background", 0.0))
-        self.threshold = float(self.meta["ood"]["threshold"])
+        t = self.meta["ood"].get("threshold")
+        self.threshold = None if t is None else float(t)  # None: exported from an uncalibrated run
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Images (N, C, H, W) float32 in [0, 1] -> (logits, probabilities, ood scores)."""
@@ -73,5 +74,6 @@ class OnnxClassifier:
                 r = results[slot]
                 r.top_k = [(self.classes[i], float(p[i])) for i in ix]
                 r.label, r.probability = r.top_k[0]
-                r.ood_score, r.ood_flag = float(s), bool(s < self.threshold)
+                r.ood_score = float(s)
+                r.ood_flag = None if self.threshold is None else bool(s < self.threshold)
         return results

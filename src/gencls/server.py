@@ -164,11 +164,12 @@ def model_info(run, limits: ServerLimits) -> dict[str, Any]:
             "test_error_percent": None, "ood": {k: run.ood[k] for k in ("score", "threshold", "percentile",
                                                                           "calibrated_on", "higher_means")},
             "limits": asdict(limits)}
-    eval_path = run.path / "eval.json"
-    if eval_path.exists():
+    eval_path = run.path / "eval.json" if run.path is not None else None  # None: a bare checkpoint file
+    if eval_path is not None and eval_path.exists():
         try:
             ev = read_json(eval_path)
-            if ev.get("checkpoint_epoch") == run.meta.get("epoch"):
+            if (ev.get("checkpoint_epoch") == run.meta.get("epoch")
+                    and ev.get("checkpoint_step", run.meta.get("step")) == run.meta.get("step")):
                 info["test_error_percent"] = ev.get("error_percent")
                 info["ood"]["auroc"] = {k: v.get("auroc") for k, v in (ev.get("ood") or {}).items()}
         except GenclsError:
@@ -219,18 +220,19 @@ def create_app(run, limits: ServerLimits | None = None):
         probability: float
         top_k: list[TopK]
         ood_score: float = Field(description="how much the image looks like the training data (higher = more alike)")
-        ood_flag: bool = Field(description="true: unlike the training data (score below the calibrated threshold)")
+        ood_flag: bool | None = Field(description="true: unlike the training data (score below the calibrated "
+                                                  "threshold); null: no threshold (the run was not calibrated)")
 
     class PredictResponse(BaseModel):
         predictions: list[ImagePrediction]
-        ood_threshold: float
+        ood_threshold: float | None
         ood_score_name: str
 
     class GenerateRequest(BaseModel):
         class_: str | None = Field(None, alias="class", description="a class name; omitted: any class",
                                    examples=[run.classes[0]])
         n: int = Field(8, ge=1, le=limits.max_generate)
-        seed: int | None = Field(None, description="same seed, same images")
+        seed: int | None = Field(None, ge=0, lt=2**63, description="same seed, same images")
         nrow: int | None = Field(None, ge=1, le=100, description="images per row (default: all in one row)")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -79,5 +79,7 @@ def read_json(path: str | os.PathLike):
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise GenclsError(f"{path}: file not found") from None
+    except OSError as e:  # a folder where the file should be, no permission, ...
+        raise GenclsError(f"{path}: cannot read ({e.strerror or e})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise GenclsError(f"{path}: malformed JSON ({e})") from None

@@ -47,7 +47,8 @@ def fid_kid(fnet: FeatureNet, real: torch.Tensor, fake: torch.Tensor, seed: int 
             torch.manual_seed(seed)  # KID draws its subsets with torch.randperm
             kid_mean, kid_std = kid.compute()
         fid_value = fid.compute()
-    return {"fid": float(fid_value), "kid": float(kid_mean), "kid_std": float(kid_std)}
+    return {"fid": float(fid_value), "kid": float(kid_mean), "kid_std": float(kid_std), "n_real": len(real),
+            "kid_subsets": KID_SUBSETS, "kid_subset_size": subset}
 
 
 def classifier_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, float]:

@@ -799,9 +799,24 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
             r.runlog.close()
         torch.set_float32_matmul_precision(matmul_precision)
         torch.backends.cudnn.allow_tf32 = cudnn_tf32
+    if ddp.is_main:
+        for r in runs:
+            _calibrate_ood(r, x_all, log)
     if several:
         _seeds_summary(runs, cfg, out, log)
     return out
+
+
+def _calibrate_ood(r: "_Run", x_all: "DeviceImages", log) -> None:
+    """ood.json for the selected checkpoint, from the images in memory (see ``api.calibrate_ood``)."""
+    from gencls.api import calibrate_ood, load_run
+
+    which = "validation" if len(r.split.validation) else "labelled"
+    x = r.x_val if which == "validation" else x_all[r.rows(r.split.labelled)]
+    try:
+        calibrate_ood(load_run(r.out), x.cpu(), which, log=log)
+    except GenclsError as e:  # the run is trained and saved; predict calibrates on first use instead
+        log(f"note: out-of-distribution threshold not calibrated ({e})")
 
 
 def _seeds_summary(runs: list[_Run], cfg: TrainConfig, out: Path, log) -> None:
