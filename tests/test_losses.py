@@ -145,3 +145,13 @@ def test_real_fake_loss_is_binary_cross_entropy_on_logits():
     # stable where sigmoid saturates
     assert torch.isfinite(real_fake_loss(torch.tensor([-200.0]), real=True))
     assert abs(real_fake_loss(torch.tensor([-200.0]), real=True).item() - 200.0) < 1e-3
+
+
+def test_gaussian_kl_is_fp32_for_bf16_inputs():
+    """Under bf16 autocast the encoder hands bf16 mu/logvar over: the KL is still summed in fp32."""
+    g = torch.Generator().manual_seed(0)
+    mu, logvar = torch.randn(4, 50, generator=g) * 2, torch.randn(4, 50, generator=g)
+    m, lv = mu.to(torch.bfloat16).double(), logvar.to(torch.bfloat16).double()
+    exact = 0.5 * (m * m + lv.exp() - 1 - lv).sum(-1)
+    got = gaussian_kl(mu.to(torch.bfloat16), logvar.to(torch.bfloat16))
+    assert got.dtype == torch.float32 and torch.allclose(got.double(), exact, rtol=1e-6)

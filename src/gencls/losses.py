@@ -49,7 +49,9 @@ def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)), summed over the last dimension."""
+    """KL(N(mu, exp(logvar)) || N(0, I)), summed over the last dimension, in fp32 (under bf16
+    autocast the encoder's outputs are bf16: a sum of ~50 terms of size 1-10 would keep 2-3 digits)."""
+    mu, logvar = mu.float(), logvar.float()
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
 
 

@@ -108,6 +108,7 @@ class ACGAN(Method):
         return self.gen.sample_z(n, self.device, generator)
 
     def decode_latent(self, z, labels=None):
+        z = z.to(self.device)
         with self.evaluating():
             if labels is None:  # no class asked for: every class in turn (0, 1, ..., K-1, 0, ...)
                 labels = torch.arange(z.shape[0], device=z.device) % self.num_classes

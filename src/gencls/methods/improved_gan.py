@@ -204,7 +204,7 @@ class ImprovedGAN(Method):
         if labels is not None:
             raise CannotGenerate("improved-gan's generator is unconditional: it cannot generate a chosen class")
         with self.evaluating():
-            return self.gen(z)
+            return self.gen(z.to(self.device))
 
     def generate(self, n, labels=None, generator=None):
         if labels is not None:
