@@ -191,3 +191,29 @@ def test_folder_mistakes_are_one_line_errors(tmp_path, capsys):
         assert main(["train", *argv, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and expected in err, err
+
+
+def tiny_png(path, value: int = 128, size=(8, 8), mode="L") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, value if mode == "L" else (value, 255 - value, value // 2)).save(path)
+
+
+def test_val_size_that_empties_a_class_is_one_line_naming_it(tmp_path, capsys):
+    for c in ("a", "b"):
+        for i in range(2):
+            tiny_png(tmp_path / "imgs" / "labelled" / c / f"{i}.png", 40 * i + 20)
+    for i in range(4):
+        tiny_png(tmp_path / "imgs" / "unlabelled" / f"u{i}.png", 30 * i)
+    # one of each class's two images is held out for test; --val-size 2 would take the other
+    assert main(["train", "--dataset", f"folder:{tmp_path / 'imgs'}", "--val-size", "2", "--data-root",
+                 str(tmp_path / "root"), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--val-size 2 leaves class 'a' no labelled image" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_default_validation_size_too_small_for_a_subset_says_so(tmp_path, data_root, capsys):
+    assert main(["train", "--subset", "50", "--labels", "10", "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "(the default: 10% of the 50 training images" in err, err
+    assert "--val-size 0" in err
