@@ -45,7 +45,7 @@ from PIL import Image
 from gencls.errors import GenclsError, InputError
 from gencls.imagefile import MAX_PIXELS, decode_image
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: 16-bit/float images scaled by their type's range, tRNS as alpha
 TEST_FRACTION = 0.2
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 PARTS = {"train": 0, "unlabelled": 1, "test": 2}
@@ -120,7 +120,7 @@ def _header(path: Path) -> tuple[tuple[int, int], bool] | str:
         with Image.open(path) as im:
             if im.width * im.height > MAX_PIXELS:
                 return f"too large ({im.width}x{im.height} pixels, the limit is {MAX_PIXELS})"
-            gray = im.mode in GRAY_MODES or (im.mode == "P" and _gray_palette(im))
+            gray = im.mode in GRAY_MODES or im.mode.startswith("I;16") or (im.mode == "P" and _gray_palette(im))
             return (im.height, im.width), gray
     except Exception as e:  # noqa: BLE001 - whatever PIL raises, the file is skipped and reported
         return f"not a readable image ({type(e).__name__})"
