@@ -217,3 +217,79 @@ def test_default_validation_size_too_small_for_a_subset_says_so(tmp_path, data_r
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "(the default: 10% of the 50 training images" in err, err
     assert "--val-size 0" in err
+
+
+def quiet_load(base, split="train", root=None, **kw):
+    return load_split(f"folder:{base}", split, root or base.parent / "root", log=lambda s: None, **kw)
+
+
+def test_a_class_none_of_whose_files_decode_is_an_error(tmp_path, capsys):
+    base = tmp_path / "imgs"
+    for i in range(3):
+        tiny_png(base / "a" / f"{i}.png", 50 * i)
+        (base / "b").mkdir(parents=True, exist_ok=True)
+        (base / "b" / f"{i}.png").write_text("not an image")
+    assert main(["train", "--dataset", f"folder:{base}", "--data-root", str(tmp_path / "root"),
+                 "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "class folder 'b': none of its 3 files could be decoded" in err, err
+    assert "b/0.png: not a readable image" in err
+
+
+@pytest.mark.parametrize("lab,unlab", [("labeled", "unlabeled"), ("labelled", "unlabeled"), ("labeled", "unlabelled")])
+def test_american_spellings_of_the_layout(tmp_path, lab, unlab):
+    base = tmp_path / "imgs"
+    for c in ("cat", "dog"):
+        for i in range(3):
+            tiny_png(base / lab / c / f"{i}.png", 40 * i)
+    for i in range(4):
+        tiny_png(base / unlab / f"u{i}.png", 20 * i)
+    train = quiet_load(base)
+    assert train.classes == ["cat", "dog"] and int((train.labels == -1).sum()) == 4
+    assert train.defaults == {"labels": "all", "val_size": 0}
+
+
+def test_both_spellings_at_once_is_an_error(tmp_path):
+    base = tmp_path / "imgs"
+    for lab in ("labelled", "labeled"):
+        for c in ("cat", "dog"):
+            tiny_png(base / lab / c / "0.png")
+    with pytest.raises(gencls.errors.GenclsError, match="both labelled/ and labeled/"):
+        quiet_load(base)
+
+
+def test_symbolic_links_are_followed_once_and_broken_ones_listed(tmp_path):
+    base, elsewhere = tmp_path / "imgs", tmp_path / "elsewhere"
+    for c in ("cat", "dog"):
+        for i in range(2):
+            tiny_png(base / "labelled" / c / f"{i}.png", 40 * i)
+    for i in range(3):
+        tiny_png(elsewhere / "more" / f"m{i}.png", 30 * i)
+    (base / "labelled" / "cat" / "linked").symlink_to(elsewhere / "more", target_is_directory=True)
+    (base / "labelled" / "cat" / "loop").symlink_to(base / "labelled" / "cat", target_is_directory=True)
+    (base / "labelled" / "dog" / "gone.png").symlink_to(tmp_path / "missing.png")
+    os.mkfifo(base / "labelled" / "dog" / "fifo.png")
+    for i in range(2):
+        tiny_png(elsewhere / "pool" / f"p{i}.png")
+    (base / "unlabelled").mkdir()
+    (base / "unlabelled" / "pool").symlink_to(elsewhere / "pool", target_is_directory=True)
+    train = quiet_load(base)
+    test = quiet_load(base, "test")
+    assert int((train.labels == 0).sum() + (test.labels == 0).sum()) == 5  # 2 + the 3 linked
+    assert int((train.labels == -1).sum()) == 2  # the linked pool
+    skipped = {s["path"]: s["reason"] for s in train.run_files["skipped_files.json"]["files"]}
+    assert skipped["labelled/dog/gone.png"] == "a broken symbolic link"
+    assert skipped["labelled/dog/fifo.png"] == "not a regular file"
+    assert "symbolic link loop" in skipped["labelled/cat/loop"]
+
+
+def test_default_size_follows_exif_rotation(tmp_path):
+    base = tmp_path / "imgs"
+    for c in ("a", "b"):
+        for i in range(3):
+            im = Image.new("L", (24, 16), 60 * i)  # 24 wide, 16 high as stored
+            exif = Image.Exif()
+            exif[0x0112] = 6  # shown rotated by 90 degrees: 16 wide, 24 high
+            (base / c).mkdir(parents=True, exist_ok=True)
+            im.save(base / c / f"{i}.jpg", exif=exif)
+    assert quiet_load(base).image_shape == (1, 24, 16)

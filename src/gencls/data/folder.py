@@ -10,12 +10,17 @@
 - ``PATH/<class>/*``: every image labelled by its folder; ``--labels N`` takes N of them
   (balanced) as labelled, the rest are the unlabelled pool (and the validation split, as for MNIST).
 
-Files at any depth below a class folder belong to that class. Every regular file that is not
-hidden is tried; PIL decodes it with the project's safe decoder (``gencls.imagefile``,
-decompression-bomb guard), converts it to ``channels`` and stretches it to ``image_size``. A
-file that cannot be decoded is skipped, counted, logged and listed (``skipped_files.json`` in the
-run folder). Defaults: ``image_size`` is the most common size when both sides are multiples of 4
-between 8 and 64, else 32x32; ``channels`` is 1 when most images are grayscale, else 3.
+``labeled/`` and ``unlabeled/`` are the same folders (both spellings at once is an error).
+
+Files at any depth below a class folder belong to that class; symbolic links are followed (a
+folder reached twice, e.g. through a link loop, is read once), broken links and what is not a
+regular file (a FIFO, a device) are listed as skipped. Every regular file that is not hidden is
+tried; PIL decodes it with the project's safe decoder (``gencls.imagefile``, decompression-bomb
+guard), converts it to ``channels`` and stretches it to ``image_size``. A file that cannot be
+decoded is skipped, counted, logged and listed (``skipped_files.json`` in the run folder); a class
+none of whose files can be decoded is an error. Defaults: ``image_size`` is the most common size
+(as shown, after EXIF rotation) when both sides are multiples of 4 between 8 and 64, else 32x32;
+``channels`` is 1 when most images are grayscale, else 3.
 
 Without a test folder, 20% of each class's labelled images (at least one where a class has two or
 more) are held out as the test split, chosen by a hash of their paths, so the choice is stable;
@@ -33,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -49,50 +55,103 @@ CACHE_VERSION = 2  # 2: 16-bit/float images scaled by their type's range, tRNS a
 TEST_FRACTION = 0.2
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 PARTS = {"train": 0, "unlabelled": 1, "test": 2}
+ORIENTATION = 0x0112  # the EXIF tag
 
 
-def _files_under(folder: Path) -> list[Path]:
-    """Every regular, non-hidden file below ``folder`` (hidden folders skipped too), sorted."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
-    return [p for p in out if p.is_file()]
+def _files_under(folder: Path, skipped: list[dict], base: Path) -> list[Path]:
+    """Every regular, non-hidden file below ``folder`` (hidden folders skipped too): a folder's files
+    (sorted), then its subfolders' (sorted, depth first), as ``os.walk`` lists them. Symbolic links
+    are followed, a folder already read (a link loop, or two links to one folder) only once; broken
+    links and what is neither a file nor a folder (a FIFO, a socket, a device) go to ``skipped``."""
+    out: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+
+    def skip(p: Path, reason: str) -> None:
+        skipped.append({"path": p.relative_to(base).as_posix(), "reason": reason})
+
+    def walk(d: Path) -> None:
+        try:
+            st = d.stat()
+            if (st.st_dev, st.st_ino) in seen:
+                skip(d, "a folder already read (a symbolic link loop or a second link to it)")
+                return
+            seen.add((st.st_dev, st.st_ino))
+            names = sorted(e.name for e in os.scandir(d) if not e.name.startswith("."))
+        except OSError as e:
+            skip(d, f"cannot be listed ({e.strerror or type(e).__name__})")
+            return
+        subdirs = []
+        for name in names:
+            p = d / name
+            try:
+                mode = p.stat().st_mode  # follows symbolic links
+            except OSError as e:
+                skip(p, "a broken symbolic link" if p.is_symlink() else f"cannot be read ({e.strerror or type(e).__name__})")
+                continue
+            if stat.S_ISDIR(mode):
+                subdirs.append(p)
+            elif stat.S_ISREG(mode):
+                out.append(p)
+            else:
+                skip(p, "not a regular file")
+        for p in subdirs:
+            walk(p)
+
+    walk(folder)
+    return out
 
 
 def _class_dirs(folder: Path) -> list[str]:
     return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
+SPELLINGS = {"labelled": ("labelled", "labeled"), "unlabelled": ("unlabelled", "unlabeled")}
+
+
+def _layout_dir(base: Path, part: str) -> Path | None:
+    """``base/labelled`` or ``base/labeled`` (``unlabelled``/``unlabeled`` alike), whichever exists; both is an error."""
+    found = [base / name for name in SPELLINGS[part] if (base / name).is_dir()]
+    if len(found) > 1:
+        raise GenclsError(f"--dataset folder:{base}: both {found[0].name}/ and {found[1].name}/; the two spellings "
+                          "are one folder: keep one")
+    return found[0] if found else None
+
+
 def list_folder(base: Path) -> dict:
-    """The layout, the classes and every file: ``entries`` of (relative path, part, class index or -1)."""
+    """The layout, the classes and every file: ``entries`` of (relative path, part, class index or -1),
+    and ``skipped``: what was found but cannot be read (broken links, FIFOs, ...)."""
     if not base.is_dir():
         raise GenclsError(f"--dataset folder:{base}: no such folder")
     entries: list[tuple[str, str, int]] = []
-    lab = base / "labelled"
-    if lab.is_dir():
+    skipped: list[dict] = []
+
+    def files(folder: Path) -> list[str]:
+        return [p.relative_to(base).as_posix() for p in _files_under(folder, skipped, base)]
+
+    lab = _layout_dir(base, "labelled")
+    unlab = _layout_dir(base, "unlabelled")
+    if lab is not None:
         layout = "labelled"
         classes = _class_dirs(lab)
         for i, c in enumerate(classes):
-            entries += [(p.relative_to(base).as_posix(), "train", i) for p in _files_under(lab / c)]
-        if (base / "unlabelled").is_dir():
-            entries += [(p.relative_to(base).as_posix(), "unlabelled", -1) for p in _files_under(base / "unlabelled")]
+            entries += [(rel, "train", i) for rel in files(lab / c)]
+        if unlab is not None:
+            entries += [(rel, "unlabelled", -1) for rel in files(unlab)]
         if (base / "test").is_dir():
             for c in _class_dirs(base / "test"):
                 if c not in classes:
                     raise GenclsError(f"{base / 'test' / c}: class '{c}' is not among the labelled classes "
                                       f"({', '.join(classes)})")
-                entries += [(p.relative_to(base).as_posix(), "test", classes.index(c))
-                            for p in _files_under(base / "test" / c)]
+                entries += [(rel, "test", classes.index(c)) for rel in files(base / "test" / c)]
     else:
         layout = "classes"
         classes = _class_dirs(base)
-        odd = [c for c in ("unlabelled", "test") if c in classes]
+        odd = [c for c in ("unlabelled", "unlabeled", "test") if c in classes]
         if odd:
             raise GenclsError(f"--dataset folder:{base}: there is {odd[0]}/ but no labelled/; put the labelled class "
                               f"folders in {base / 'labelled'}")
         for i, c in enumerate(classes):
-            entries += [(p.relative_to(base).as_posix(), "train", i) for p in _files_under(base / c)]
+            entries += [(rel, "train", i) for rel in files(base / c)]
     if len(classes) < 2:
         raise GenclsError(f"--dataset folder:{base}: found {len(classes)} class folder(s); give PATH/labelled/<class>/* "
                           "or PATH/<class>/* with at least two classes")
@@ -100,7 +159,7 @@ def list_folder(base: Path) -> dict:
     empty = [c for i, c in enumerate(classes) if not counts[i]]
     if empty:
         raise GenclsError(f"--dataset folder:{base}: class folder '{empty[0]}' has no files")
-    return {"layout": layout, "classes": classes, "entries": entries}
+    return {"layout": layout, "classes": classes, "entries": entries, "skipped": skipped}
 
 
 def _listing_key(base: Path, listing: dict, size, channels) -> str:
@@ -109,6 +168,8 @@ def _listing_key(base: Path, listing: dict, size, channels) -> str:
     for rel, part, label in listing["entries"]:
         st = (base / rel).stat()
         h.update(f"\0{rel}\0{part}\0{label}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    for sk in listing["skipped"]:
+        h.update(f"\1{sk['path']}\0{sk['reason']}".encode())
     return h.hexdigest()[:32]
 
 
@@ -121,6 +182,12 @@ def _header(path: Path) -> tuple[tuple[int, int], bool] | str:
             if im.width * im.height > MAX_PIXELS:
                 return f"too large ({im.width}x{im.height} pixels, the limit is {MAX_PIXELS})"
             gray = im.mode in GRAY_MODES or im.mode.startswith("I;16") or (im.mode == "P" and _gray_palette(im))
+            try:
+                orientation = im.getexif().get(ORIENTATION, 1)
+            except Exception:  # noqa: BLE001 - unreadable EXIF: the decoder says whether the file is usable
+                orientation = 1
+            if orientation in (5, 6, 7, 8):  # decoded rotated by 90 degrees (ImageOps.exif_transpose)
+                return (im.width, im.height), gray
             return (im.height, im.width), gray
     except Exception as e:  # noqa: BLE001 - whatever PIL raises, the file is skipped and reported
         return f"not a readable image ({type(e).__name__})"
@@ -177,6 +244,18 @@ def _decode_all(base: Path, entries: list, size, channels) -> tuple[dict, list[d
     return {"images": x, "labels": torch.tensor([e[2] for e in kept], dtype=torch.long),
             "parts": torch.tensor([PARTS[e[1]] for e in kept], dtype=torch.int8),
             "files": [e[0] for e in kept], "shape": list(shape), "how": how}, skipped
+
+
+def _check_every_class_decoded(base: Path, listing: dict, labels: torch.Tensor, parts: torch.Tensor,
+                               skipped: list[dict]) -> None:
+    """A class none of whose labelled files could be decoded is an error (not a class without images)."""
+    got = set(labels[parts == PARTS["train"]].tolist())
+    for i, c in enumerate(listing["classes"]):
+        if i not in got:
+            tried = [e[0] for e in listing["entries"] if e[1] == "train" and e[2] == i]
+            why = next((s for s in skipped if s["path"] == tried[0]), {"reason": "?"})["reason"]
+            raise GenclsError(f"--dataset folder:{base}: class folder '{c}': none of its {len(tried)} files could be "
+                              f"decoded (e.g. {tried[0]}: {why})")
 
 
 def _hold_out_test(files: list[str], labels: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
@@ -261,6 +340,8 @@ def load_folder(path: str, split: str, root: Path, log: Callable[[str], None] = 
     else:
         log(f"folder {base}: decoding {len(listing['entries'])} files (cached afterwards in {cache.parent})")
         data, skipped = _decode_all(base, listing["entries"], size, channels)
+        _check_every_class_decoded(base, listing, data["labels"], data["parts"], skipped)
+        skipped = sorted(listing["skipped"] + skipped, key=lambda d: d["path"])
         parts = data["parts"]
         test_how = "the test folder"
         if not (parts == PARTS["test"]).any():
