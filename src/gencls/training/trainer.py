@@ -86,7 +86,7 @@ def _resolve_config(config: TrainConfig | dict, resume: bool) -> TrainConfig:
     """The run's configuration. On resume, the saved config.json wins, except RESUMABLE_OVERRIDES
     given explicitly (a dict holds only what the user gave; a TrainConfig gives them all)."""
     if not resume:
-        return (TrainConfig.from_dict(config) if isinstance(config, dict) else replace(config)).validate()
+        return (TrainConfig.from_dict(config, saved=False) if isinstance(config, dict) else replace(config)).validate()
     given = dict(config) if isinstance(config, dict) else {k: getattr(config, k) for k in ("out", *RESUMABLE_OVERRIDES)}
     if "out" not in given:
         raise GenclsError("--resume needs --out RUN")
