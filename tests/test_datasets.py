@@ -116,6 +116,41 @@ def test_cifar10_batch_with_code_is_refused(tmp_path):
         load_split("cifar10", "test", tmp_path, log=lambda s: None)
 
 
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "not a dict"])
+def test_damaged_cifar10_batches_meta_is_one_error_naming_it(tmp_path, damage):
+    write_cifar10(tmp_path)
+    meta = tmp_path / CIFAR10_DIR / "batches.meta"
+    good = meta.read_bytes()
+    meta.write_bytes({"garbage": b"\x80\x02garbage, not a pickle" * 3, "truncated": good[: len(good) // 2],
+                      "empty": b"", "not a dict": pickle.dumps([1, 2, 3], protocol=2)}[damage])
+    with pytest.raises(GenclsError) as e:
+        load_split("cifar10", "test", tmp_path, log=lambda s: None)
+    msg = str(e.value)
+    assert str(meta) in msg and "not CIFAR-10's batches.meta" in msg and "\n" not in msg, msg
+
+
+def test_cifar10_batch_with_a_negative_label_is_refused(tmp_path):
+    write_cifar10(tmp_path)
+    batch = tmp_path / CIFAR10_DIR / "test_batch"
+    d = pickle.loads(batch.read_bytes())
+    d["labels"][3] = -1
+    batch.write_bytes(pickle.dumps(d, protocol=2))
+    with pytest.raises(GenclsError, match="test_batch: CIFAR-10 labels must be 0..9, found -1"):
+        load_split("cifar10", "test", tmp_path, log=lambda s: None)
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "text"])
+def test_damaged_svhn_mat_is_one_error_naming_it(tmp_path, damage):
+    write_svhn(tmp_path)
+    mat = svhn_dir(tmp_path) / "test_32x32.mat"
+    good = mat.read_bytes()
+    mat.write_bytes({"empty": b"", "truncated": good[: len(good) // 3], "text": b"not a mat file\n" * 20}[damage])
+    with pytest.raises(GenclsError) as e:
+        load_split("svhn", "test", tmp_path, log=lambda s: None)
+    msg = str(e.value)
+    assert str(mat) in msg and "not an SVHN .mat file" in msg and "\n" not in msg, msg
+
+
 def test_svhn_mat_files(tmp_path):
     expected = write_svhn(tmp_path)
     train = load_split("svhn", "train", tmp_path, log=lambda s: None)

@@ -17,3 +17,4 @@ def test_version_1_checkpoint_still_loads_and_predicts_the_same(mnist_test):
     assert torch.allclose(got, expected, atol=1e-5)
     doc = json.loads((FIXTURE / "checkpoints" / "best.json").read_text())
     assert doc["format_version"] == 1
+    assert run.config.folder_test_rule == 1  # saved before the field: a folder's test split by the old rule

@@ -1,6 +1,7 @@
 """Folder datasets, end to end on real images: Fashion-MNIST test images written as a folder of mixed
 formats, modes and sizes (10 labelled per class, a few hundred unlabelled, a test folder) plus broken
 files; training, the skipped-file report, the cache, and class names in evaluate, predict and generate."""
+import hashlib
 import json
 import os
 
@@ -162,17 +163,21 @@ def test_class_folders_with_labels_hold_out_a_test_split(tmp_path, fashion_test)
     kw = dict(root=tmp_path / "root", log=lambda s: None, image_size=16, channels=3)
     train = load_split(f"folder:{base}", "train", **kw)
     test = load_split(f"folder:{base}", "test", **kw)
-    assert train.image_shape == (3, 16, 16) and len(train) == 96 and len(test) == 24  # 20% of 40 per class
+    from gencls.data.folder import TEST_FRACTION, _path_fraction
+
+    n_test = sum(_path_fraction(f"{CLASS_DIRS[c]}/{j:02d}.png") < TEST_FRACTION for c in (0, 1, 7) for j in range(40))
+    assert 12 <= n_test <= 36  # about 20% of 40 per class
+    assert train.image_shape == (3, 16, 16) and len(train) == 120 - n_test and len(test) == n_test
     assert train.defaults == {} and bool((train.labels >= 0).all())
     held = train.run_files["test_files.json"]
-    assert "held out" in held["how"] and len(held["files"]) == 24
+    assert "held out" in held["how"] and len(held["files"]) == n_test
     out = gencls.train(method="supervised", dataset=f"folder:{base}", labels=30, image_size=16, channels=3,
                        batch_size=20, epochs=1, data_root=str(tmp_path / "root"), method_config={"conv_width": 8},
                        out=str(tmp_path / "run"), **QUIET)
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["val_size"] == 9 and cfg["labels"] == 30  # the generic default: 10% of the 96 training images
+    assert cfg["val_size"] == len(train) // 10 and cfg["labels"] == 30  # the generic default: 10% of them
     assert json.loads((out / "test_files.json").read_text())["files"] == held["files"]
-    assert gencls.evaluate(out, log=lambda s: None)["n"] == 24
+    assert gencls.evaluate(out, log=lambda s: None)["n"] == n_test
 
 
 def test_folder_mistakes_are_one_line_errors(tmp_path, capsys):
@@ -191,3 +196,214 @@ def test_folder_mistakes_are_one_line_errors(tmp_path, capsys):
         assert main(["train", *argv, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and expected in err, err
+
+
+def tiny_png(path, value: int = 128, size=(8, 8), mode="L") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, value if mode == "L" else (value, 255 - value, value // 2)).save(path)
+
+
+def test_val_size_that_empties_a_class_is_one_line_naming_it(tmp_path, capsys):
+    for c in ("a", "b"):
+        for i in range(2):
+            tiny_png(tmp_path / "imgs" / "labelled" / c / f"{i}.png", 40 * i + 20)
+    for i in range(4):
+        tiny_png(tmp_path / "imgs" / "unlabelled" / f"u{i}.png", 30 * i)
+    # one of each class's two images is held out for test; --val-size 2 would take the other
+    assert main(["train", "--dataset", f"folder:{tmp_path / 'imgs'}", "--val-size", "2", "--data-root",
+                 str(tmp_path / "root"), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--val-size 2 leaves class 'a' no labelled image" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_default_validation_size_too_small_for_a_subset_says_so(tmp_path, data_root, capsys):
+    assert main(["train", "--subset", "50", "--labels", "10", "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "(the default: 10% of the 50 training images" in err, err
+    assert "--val-size 0" in err
+
+
+def quiet_load(base, split="train", root=None, **kw):
+    return load_split(f"folder:{base}", split, root or base.parent / "root", log=lambda s: None, **kw)
+
+
+def test_a_class_none_of_whose_files_decode_is_an_error(tmp_path, capsys):
+    base = tmp_path / "imgs"
+    for i in range(3):
+        tiny_png(base / "a" / f"{i}.png", 50 * i)
+        (base / "b").mkdir(parents=True, exist_ok=True)
+        (base / "b" / f"{i}.png").write_text("not an image")
+    assert main(["train", "--dataset", f"folder:{base}", "--data-root", str(tmp_path / "root"),
+                 "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "class folder 'b': none of its 3 files could be decoded" in err, err
+    assert "b/0.png: not a readable image" in err
+
+
+@pytest.mark.parametrize("lab,unlab", [("labeled", "unlabeled"), ("labelled", "unlabeled"), ("labeled", "unlabelled")])
+def test_american_spellings_of_the_layout(tmp_path, lab, unlab):
+    base = tmp_path / "imgs"
+    for c in ("cat", "dog"):
+        for i in range(3):
+            tiny_png(base / lab / c / f"{i}.png", 40 * i)
+    for i in range(4):
+        tiny_png(base / unlab / f"u{i}.png", 20 * i)
+    train = quiet_load(base)
+    assert train.classes == ["cat", "dog"] and int((train.labels == -1).sum()) == 4
+    assert train.defaults == {"labels": "all", "val_size": 0}
+
+
+def test_both_spellings_at_once_is_an_error(tmp_path):
+    base = tmp_path / "imgs"
+    for lab in ("labelled", "labeled"):
+        for c in ("cat", "dog"):
+            tiny_png(base / lab / c / "0.png")
+    with pytest.raises(gencls.errors.GenclsError, match="both labelled/ and labeled/"):
+        quiet_load(base)
+
+
+def test_symbolic_links_are_followed_once_and_broken_ones_listed(tmp_path):
+    base, elsewhere = tmp_path / "imgs", tmp_path / "elsewhere"
+    for c in ("cat", "dog"):
+        for i in range(2):
+            tiny_png(base / "labelled" / c / f"{i}.png", 40 * i)
+    for i in range(3):
+        tiny_png(elsewhere / "more" / f"m{i}.png", 30 * i)
+    (base / "labelled" / "cat" / "linked").symlink_to(elsewhere / "more", target_is_directory=True)
+    (base / "labelled" / "cat" / "loop").symlink_to(base / "labelled" / "cat", target_is_directory=True)
+    (base / "labelled" / "dog" / "gone.png").symlink_to(tmp_path / "missing.png")
+    os.mkfifo(base / "labelled" / "dog" / "fifo.png")
+    for i in range(2):
+        tiny_png(elsewhere / "pool" / f"p{i}.png")
+    (base / "unlabelled").mkdir()
+    (base / "unlabelled" / "pool").symlink_to(elsewhere / "pool", target_is_directory=True)
+    train = quiet_load(base)
+    test = quiet_load(base, "test")
+    assert int((train.labels == 0).sum() + (test.labels == 0).sum()) == 5  # 2 + the 3 linked
+    assert int((train.labels == -1).sum()) == 2  # the linked pool
+    skipped = {s["path"]: s["reason"] for s in train.run_files["skipped_files.json"]["files"]}
+    assert skipped["labelled/dog/gone.png"] == "a broken symbolic link"
+    assert skipped["labelled/dog/fifo.png"] == "not a regular file"
+    assert "symbolic link loop" in skipped["labelled/cat/loop"]
+
+
+def test_default_size_follows_exif_rotation(tmp_path):
+    base = tmp_path / "imgs"
+    for c in ("a", "b"):
+        for i in range(3):
+            im = Image.new("L", (24, 16), 60 * i)  # 24 wide, 16 high as stored
+            exif = Image.Exif()
+            exif[0x0112] = 6  # shown rotated by 90 degrees: 16 wide, 24 high
+            (base / c).mkdir(parents=True, exist_ok=True)
+            im.save(base / c / f"{i}.jpg", exif=exif)
+    assert quiet_load(base).image_shape == (1, 24, 16)
+
+
+def write_class_folder(base, n_per_class: int, classes=("cat", "dog"), start=0):
+    for c in classes:
+        for i in range(start, start + n_per_class):
+            tiny_png(base / c / f"{i:03d}.png", (7 * i) % 256)
+
+
+def test_the_training_split_has_a_fingerprint_of_its_files_in_row_order(tmp_path):
+    base, root = tmp_path / "imgs", tmp_path / "root"
+    write_class_folder(base, 10)
+    first = quiet_load(base, root=root)
+    again = quiet_load(base, root=root)  # from the cache
+    again_fresh = quiet_load(base, root=tmp_path / "other-root")  # decoded again
+    assert isinstance(first.fingerprint, str) and len(first.fingerprint) == 64
+    assert first.fingerprint == again.fingerprint == again_fresh.fingerprint
+    assert quiet_load(base, "test", root=root).fingerprint != first.fingerprint
+
+    cfg = gencls.TrainConfig(dataset=f"folder:{base}", data_root=str(root))
+    from gencls.data.datasets import load_run_split
+    assert load_run_split(cfg, "train", log=lambda s: None).fingerprint == first.fingerprint
+
+    tiny_png(base / "cat" / "zzz-new.png", 99)
+    added = quiet_load(base, root=root)
+    assert added.fingerprint != first.fingerprint
+    (base / "cat" / "zzz-new.png").unlink()
+    assert quiet_load(base, root=root).fingerprint == first.fingerprint
+    target = base / "dog" / "000.png"
+    st = target.stat()
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: another file for all we know
+    assert quiet_load(base, root=root).fingerprint != first.fingerprint
+    assert load_split("digits", "train", tmp_path, log=lambda s: None).fingerprint is None
+
+
+def held_out(base, root, **kw):
+    return {f["path"] for f in quiet_load(base, root=root, **kw).run_files["test_files.json"]["files"]}
+
+
+def test_held_out_test_files_stay_when_files_are_added(tmp_path):
+    from gencls.data.folder import TEST_FRACTION, _path_fraction
+
+    base, root = tmp_path / "imgs", tmp_path / "root"
+    write_class_folder(base, 40)
+    before = held_out(base, root)
+    assert before == {f"{c}/{i:03d}.png" for c in ("cat", "dog") for i in range(40)
+                      if _path_fraction(f"{c}/{i:03d}.png") < TEST_FRACTION}
+    assert 8 <= len(before) <= 24  # about 20% of 80
+    write_class_folder(base, 60, start=40)  # 120 more files
+    after = held_out(base, root)
+    assert before <= after  # no old test file moves into training
+    old_files = {f"{c}/{i:03d}.png" for c in ("cat", "dog") for i in range(40)}
+    assert after & old_files == before  # and no old training file into test
+
+
+def test_small_classes_keep_one_test_and_one_training_file(tmp_path):
+    from gencls.data.folder import TEST_FRACTION, _path_fraction
+
+    base = tmp_path / "imgs"
+    names = {"cat": [], "dog": []}
+    i = 0
+    while len(names["cat"]) < 3 or len(names["dog"]) < 2:  # cat: 3 files above the threshold; dog: 2 below
+        name = f"{i:04d}.png"
+        if len(names["cat"]) < 3 and _path_fraction(f"cat/{name}") >= TEST_FRACTION:
+            names["cat"].append(name)
+        if len(names["dog"]) < 2 and _path_fraction(f"dog/{name}") < TEST_FRACTION:
+            names["dog"].append(name)
+        i += 1
+    for c, files in names.items():
+        for n in files:
+            tiny_png(base / c / n)
+    test = held_out(base, tmp_path / "root")
+    smallest = min(names["cat"], key=lambda n: _path_fraction(f"cat/{n}"))
+    largest = max(names["dog"], key=lambda n: _path_fraction(f"dog/{n}"))
+    assert test == {f"cat/{smallest}", f"dog/{sorted(set(names['dog']) - {largest})[0]}"}
+
+
+def test_runs_trained_before_keep_their_test_split(tmp_path):
+    """A run's config.json without folder_test_rule (made before it) holds out by the old rule."""
+    base, root = tmp_path / "imgs", tmp_path / "root"
+    write_class_folder(base, 12)
+    out = gencls.train(method="supervised", dataset=f"folder:{base}", labels=4, val_size=2, batch_size=4,
+                       epochs=1, data_root=str(root), method_config={"conv_width": 8}, out=str(tmp_path / "run"),
+                       **QUIET)
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["folder_test_rule"] == 2
+    new_rule = {f["path"] for f in json.loads((out / "test_files.json").read_text())["files"]}
+    assert new_rule == held_out(base, root)
+
+    old = {f"{c}/{i:03d}.png" for c in ("cat", "dog") for i in sorted(
+        range(12), key=lambda i, c=c: hashlib.sha256(f"{c}/{i:03d}.png".encode()).hexdigest())[:2]}
+    assert held_out(base, root, folder_test_rule=1) == old  # round(0.2 * 12) per class, first by hash
+    assert old != new_rule
+
+    del saved["folder_test_rule"]
+    (out / "config.json").write_text(json.dumps(saved))
+    cfg = gencls.TrainConfig.from_dict(saved)
+    assert cfg.folder_test_rule == 1
+    assert gencls.TrainConfig.from_dict(saved, saved=False).folder_test_rule == 2
+    assert gencls.TrainConfig().folder_test_rule == 2
+    from gencls.data.datasets import load_run_split
+    test = load_run_split(cfg, "test", log=lambda s: None)
+    assert {f["path"] for f in test.run_files["test_files.json"]["files"]} == old and len(test) == 4
+    assert gencls.evaluate(out, log=lambda s: None)["n"] == len(new_rule)  # the checkpoint's config: rule 2
+
+
+def test_the_config_default_is_the_folder_modules_current_rule():
+    from gencls.data.folder import TEST_RULE
+
+    assert gencls.TrainConfig().folder_test_rule == TEST_RULE

@@ -155,3 +155,46 @@ def test_random_valid_images_give_the_right_shape(tmp_path, fmt, w, h, seed, cha
     p.write_bytes(buf.getvalue())
     x = load_image(p, (channels, 28, 28))
     assert x.shape == (channels, 28, 28) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+
+
+def test_16_bit_and_float_images_are_scaled_by_their_type_not_their_maximum(tmp_path):
+    """One value is one gray whatever else is in the image (it used to be scaled by each image's maximum)."""
+    flat = np.full((8, 8), 30000, np.uint16)
+    bright = flat.copy()
+    bright[0, 0] = 60000
+    Image.fromarray(flat).save(tmp_path / "flat.png")
+    Image.fromarray(bright).save(tmp_path / "bright.png")
+    a = load_image(tmp_path / "flat.png", (1, 8, 8), invert="no")
+    b = load_image(tmp_path / "bright.png", (1, 8, 8), invert="no")
+    assert float(a[0, 4, 4]) == float(b[0, 4, 4]) == pytest.approx(round(30000 / 65535 * 255) / 255)
+    Image.fromarray(flat.astype(np.int32)).save(tmp_path / "as_i.tif")  # 16-bit data in a 32-bit image
+    assert torch.equal(load_image(tmp_path / "as_i.tif", (1, 8, 8), invert="no"), a)
+
+    unit = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)  # a float image in [0, 1]: used as is
+    Image.fromarray(unit).save(tmp_path / "unit.tif")
+    x = load_image(tmp_path / "unit.tif", (1, 8, 8), invert="no")
+    assert float(x.max()) == 1.0 and float(x[0, 4, 0]) == pytest.approx(round(unit[4, 0] * 255) / 255)
+    Image.fromarray(unit * 255).save(tmp_path / "byte_range.tif")  # in [0, 255]: the 8-bit scale
+    assert torch.equal(load_image(tmp_path / "byte_range.tif", (1, 8, 8), invert="no"), x)
+    odd = unit.copy()
+    odd[0, :3] = [np.nan, np.inf, -np.inf]
+    odd[1, 0] = 1000.0
+    Image.fromarray(odd).save(tmp_path / "odd.tif")
+    y = load_image(tmp_path / "odd.tif", (1, 8, 8), invert="no")
+    assert torch.isfinite(y).all() and y[0, 0, :3].tolist() == [0.0, 0.0, 0.0] and float(y[0, 1, 0]) == 1.0
+
+
+def test_png_transparency_decodes_like_an_alpha_channel(tmp_path):
+    g = np.full((8, 8), 200, np.uint8)
+    g[2:6, 2:6] = 90
+    Image.fromarray(g, "L").save(tmp_path / "trns.png", transparency=200)  # tRNS: 200 is transparent
+    Image.fromarray(np.stack([g, np.where(g == 200, 0, 255).astype(np.uint8)], -1), "LA").save(tmp_path / "alpha.png")
+    rgb = Image.fromarray(g, "L").convert("RGB")
+    rgb.save(tmp_path / "trns_rgb.png", transparency=(200, 200, 200))
+    expected = load_image(tmp_path / "alpha.png", (1, 8, 8), invert="no")
+    assert float(expected[0, 0, 0]) == 0.0 and float(expected[0, 3, 3]) == pytest.approx(90 / 255)
+    for name in ("trns.png", "trns_rgb.png"):
+        assert torch.equal(load_image(tmp_path / name, (1, 8, 8), invert="no"), expected), name
+    sixteen = Image.fromarray(g.astype(np.uint16) * 257)
+    sixteen.save(tmp_path / "trns16.png", transparency=200 * 257)
+    assert torch.equal(load_image(tmp_path / "trns16.png", (1, 8, 8), invert="no"), expected)

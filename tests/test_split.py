@@ -54,3 +54,26 @@ def test_images_without_labels_only_join_the_unlabelled_set():
     assert bool((t[s.labelled] >= 0).all()) and bool((t[s.validation] >= 0).all())
     assert len(s.labelled) == 15 and len(s.validation) == 3 and len(s.unlabelled) == 45
     assert set(range(18, 48)) <= set(s.unlabelled.tolist())
+
+
+def test_validation_that_takes_every_labelled_image_of_a_class_is_refused_by_name():
+    t = torch.tensor([0, 1, 1, 1])  # --val-size 2 takes one image of each class
+    with pytest.raises(GenclsError, match="--val-size 2 leaves class 'cat' no labelled image"):
+        make_split(t, "all", 2, 1, num_classes=2, class_names=["cat", "dog"])
+    with pytest.raises(GenclsError, match="--labels 2: class 'cat' has only 0 images left after --val-size 2 takes 1"):
+        make_split(t, 2, 2, 1, num_classes=2, class_names=["cat", "dog"])
+    with pytest.raises(GenclsError, match="--val-size 6: class 'cat' has only 2 images, 3 needed"):
+        make_split(torch.tensor([0, 0] + [1] * 8), 2, 6, 1, num_classes=2, class_names=["cat", "dog"])
+    s = make_split(torch.tensor([0, 0, 0, 1, 1, 1]), "all", 2, 1, num_classes=2, class_names=["cat", "dog"])
+    assert torch.bincount(torch.tensor([0, 0, 0, 1, 1, 1])[s.labelled]).tolist() == [2, 2]
+
+
+def test_a_failing_default_validation_size_says_it_is_the_default():
+    with pytest.raises(GenclsError) as e:
+        make_split(targets(50), 10, 5, 1, num_classes=10, val_default="10% of the 50 training images, at most 5000")
+    msg = str(e.value)
+    assert "--val-size 5 (the default: 10% of the 50 training images" in msg
+    assert "give --val-size 0 (no validation split) or --val-size N with N >= 10" in msg
+    with pytest.raises(GenclsError) as e:
+        make_split(targets(50), 10, 5, 1, num_classes=10)  # given by the user: no word about defaults
+    assert "default" not in str(e.value)

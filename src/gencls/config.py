@@ -40,6 +40,10 @@ class TrainConfig:
     precision: str = "fp32"  # "bf16": autocast matrix products to bfloat16; "tf32": TF32 tensor cores (CUDA)
     compile: bool = False  # torch.compile the networks of the training step
     cuda_graphs: bool = False  # capture the whole training step as one CUDA graph (CUDA only)
+    # how a folder dataset without test/ holds out its test split (gencls.data.folder._hold_out_test):
+    # 2 (per file, stable when files are added) for new runs; a saved config without it is a run made
+    # before rule 2, and loads as 1 (see from_dict)
+    folder_test_rule: int = 2
 
     def validate(self) -> "TrainConfig":
         from gencls.data.datasets import parse_image_size
@@ -97,6 +101,8 @@ class TrainConfig:
             raise GenclsError(f"--precision {self.precision}: fp32, tf32 or bf16")
         if self.cuda_graphs and not str(self.device).startswith(("cuda", "auto")):
             raise GenclsError(f"--cuda-graphs needs a CUDA device (--device {self.device})")
+        if self.folder_test_rule not in (1, 2):
+            raise GenclsError(f"folder_test_rule {self.folder_test_rule!r}: 1 or 2")
         if self.threads is not None and self.threads < 1:
             raise GenclsError(f"--threads {self.threads}: must be at least 1")
         return self
@@ -134,9 +140,16 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any], saved: bool = True) -> "TrainConfig":
+        """The configuration in ``d`` (unknown keys ignored). ``saved``: ``d`` was written by a run
+        (config.json, a checkpoint, seeds.json), and a setting added since that is missing from it
+        takes the value that reproduces that run (``folder_test_rule``: 1). ``saved=False``: ``d``
+        holds a new run's settings, missing ones take their defaults."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        kw = {k: v for k, v in d.items() if k in names}
+        if saved:
+            kw.setdefault("folder_test_rule", 1)
+        return cls(**kw)
 
 
 MAX_SEEDS = 1000  # seeds in one --seeds run (each is a whole model)

@@ -85,15 +85,41 @@ def decode_image(source: str | os.PathLike | bytes, image_shape: tuple[int, int,
 
 
 def _to_mode(im: Image.Image, channels: int) -> Image.Image:
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit grayscale -> 8-bit
-        a = np.asarray(im, dtype=np.float64)
-        hi = a.max() if a.max() > 255 else 255.0
-        im = Image.fromarray(np.clip(a / hi * 255.0, 0, 255).astype(np.uint8), "L")
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+    if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit integer or float grayscale -> 8-bit
+        im = _to_8bit(im)
+    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:  # alpha channel or tRNS: the same
         im = im.convert("RGBA")
         bg = Image.new("RGBA", im.size, (0, 0, 0, 255))  # transparent -> black, like MNIST's background
         im = Image.alpha_composite(bg, im)
     return im.convert("L" if channels == 1 else "RGB")
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """A 16/32-bit integer or float grayscale image -> "L" (or "LA" when it has a transparent value),
+    scaled by the range of its type, so that one value always gives one gray whatever else is in the image:
+
+    - ``I;16*`` (16-bit): value / 65535;
+    - ``I`` (32-bit integer; 16-bit PNGs and TIFFs may open this way): value / 65535 when every value is
+      within 0..65535; 32-bit data beyond that has no standard range and is scaled by its own maximum;
+    - ``F`` (float): used as is when every value is within [0, 1], else value / 255; NaN and infinities
+      count as 0.
+
+    Negative values count as 0 and the result is clipped to [0, 1]."""
+    a = np.asarray(im).astype(np.float64)
+    if im.mode == "F":
+        a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+        x = a if a.size == 0 or (a.min() >= 0 and a.max() <= 1) else a / 255.0
+    elif im.mode.startswith("I;16"):
+        x = a / 65535.0
+    else:
+        top = a.max() if a.size else 0.0
+        x = a / (65535.0 if top <= 65535 else top)
+    gray = Image.fromarray((np.clip(x, 0.0, 1.0) * 255.0).round().astype(np.uint8), "L")
+    t = im.info.get("transparency")
+    if isinstance(t, (int, float)) and not isinstance(t, bool):  # a tRNS gray value, in the image's own units
+        alpha = Image.fromarray(np.where(np.asarray(im) == t, 0, 255).astype(np.uint8), "L")
+        gray = Image.merge("LA", (gray, alpha))
+    return gray
 
 
 def border_mean_np(x: np.ndarray) -> float:

@@ -4,7 +4,7 @@ Images are uint8 tensors of shape (N, C, H, W); the model input is ``images.floa
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +27,9 @@ class Split:
     defaults: dict = field(default_factory=dict)
     # JSON files the trainer writes into the run folder (e.g. the skipped files of a folder dataset)
     run_files: dict = field(default_factory=dict)
+    # a folder dataset's files in row order, as a hash (sha256 hex of [[relative path, size, mtime_ns], ...]):
+    # changes when a file is added, removed, renamed or changed; None for the built-in datasets
+    fingerprint: str | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -56,12 +59,14 @@ FOLDER_PREFIX = "folder:"
 
 def load_split(name: str, split: str = "train", root: str | Path | None = None,
                log: Callable[[str], None] = print, image_size: int | list[int] | None = None,
-               channels: int | None = None) -> Split:
+               channels: int | None = None, folder_test_rule: int | None = None) -> Split:
     """Load ``split`` ("train" or "test") of dataset ``name``, fetching files if needed.
 
     ``name`` is a registered dataset or ``folder:PATH`` (your own images, ``gencls.data.folder``).
     ``image_size`` (N or [H, W]) and ``channels`` (1 or 3) convert the images (bilinear resize,
     grayscale <-> RGB); None keeps the dataset's own (for a folder: what most of its images have).
+    ``folder_test_rule``: how a folder without ``test/`` holds out its test split (``gencls.data.folder
+    ._hold_out_test``); None: the current rule.
     """
     if split not in ("train", "test"):
         raise GenclsError(f"unknown split '{split}' (train or test)")
@@ -70,9 +75,10 @@ def load_split(name: str, split: str = "train", root: str | Path | None = None,
         raise GenclsError(f"--channels {channels}: 1 (grayscale) or 3 (RGB)")
     data_root = Path(root) if root else default_root()
     if name.startswith(FOLDER_PREFIX):
-        from gencls.data.folder import load_folder
+        from gencls.data.folder import TEST_RULE, load_folder
 
-        return load_folder(name[len(FOLDER_PREFIX):], split, data_root, log, size, channels)
+        return load_folder(name[len(FOLDER_PREFIX):], split, data_root, log, size, channels,
+                           TEST_RULE if folder_test_rule is None else folder_test_rule)
     if name not in _DATASETS:
         raise GenclsError(f"unknown dataset '{name}' (known: {', '.join(list_datasets())}, or folder:PATH)")
     return convert(_DATASETS[name](split, data_root, log), size, channels)
@@ -80,9 +86,11 @@ def load_split(name: str, split: str = "train", root: str | Path | None = None,
 
 def load_run_split(config, split: str = "train", root: str | Path | None = None,
                    log: Callable[[str], None] = print) -> Split:
-    """The data a run was trained on (``config``: its TrainConfig): its dataset, converted as it was."""
+    """The data a run was trained on (``config``: its TrainConfig): its dataset, converted as it was,
+    a folder's test split held out by the run's rule. A folder's ``Split.fingerprint`` identifies its rows."""
     return load_split(config.dataset, split, root or config.data_root, log,
-                      getattr(config, "image_size", None), getattr(config, "channels", None))
+                      getattr(config, "image_size", None), getattr(config, "channels", None),
+                      getattr(config, "folder_test_rule", None))
 
 
 def parse_image_size(value) -> tuple[int, int] | None:
@@ -123,7 +131,7 @@ def convert(data: Split, size: tuple[int, int] | None, channels: int | None) -> 
         x = torch.cat(chunks) if chunks else x.new_zeros((0, x.shape[1], *size))
     if x is data.images:
         return data
-    return Split(x, data.labels, data.classes, data.defaults, data.run_files)
+    return replace(data, images=x)
 
 
 @register_dataset("mnist")

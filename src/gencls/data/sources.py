@@ -342,22 +342,42 @@ def restricted_unpickle(data: bytes, encoding: str = "latin1"):
     return _ArrayUnpickler(io.BytesIO(data), encoding=encoding).load()
 
 
-def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One CIFAR-10 python batch -> (uint8 images (N, 3, 32, 32), int64 labels (N,))."""
+def _unpickle_file(path: Path, what: str):
+    """``restricted_unpickle`` of a file; a file that cannot be read or is no such pickle -> ValueError
+    naming the file (whatever a damaged pickle raises)."""
     try:
-        d = restricted_unpickle(Path(path).read_bytes())
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read ({e.strerror or e})") from None
+    try:
+        return restricted_unpickle(data)
+    except Exception as e:  # noqa: BLE001 - truncated, corrupt or hostile: all one clear error
+        raise ValueError(f"{path}: not {what} ({type(e).__name__}: {e})") from None
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch -> (uint8 images (N, 3, 32, 32), int64 labels (N,) in 0..9)."""
+    d = _unpickle_file(path, "a CIFAR-10 python batch")
+    try:
         data = np.asarray(d["data"], dtype=np.uint8)
         labels = np.asarray(d["labels"], dtype=np.int64)
-    except (pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError) as e:
-        raise ValueError(f"{path}: not a CIFAR-10 python batch ({e})") from None
-    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data) or (len(labels) and labels.max() > 9):
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError) as e:
+        raise ValueError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
+    if data.ndim != 2 or data.shape[1] != 3072 or labels.ndim != 1 or len(labels) != len(data):
         raise ValueError(f"{path}: unexpected CIFAR-10 arrays {data.shape} / {labels.shape}")
+    bad = labels[(labels < 0) | (labels > 9)]
+    if len(bad):
+        raise ValueError(f"{path}: CIFAR-10 labels must be 0..9, found {int(bad[0])}")
     return data.reshape(-1, 3, 32, 32), labels
 
 
 def read_cifar_classes(path: Path) -> list[str]:
-    names = restricted_unpickle(Path(path).read_bytes())["label_names"]
-    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    """CIFAR-10's ``batches.meta`` -> the class names."""
+    d = _unpickle_file(path, "CIFAR-10's batches.meta")
+    try:
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in d["label_names"]]
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise ValueError(f"{path}: not CIFAR-10's batches.meta ({type(e).__name__}: {e})") from None
 
 
 def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -367,8 +387,8 @@ def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         m = loadmat(str(path))
         x, y = np.asarray(m["X"], dtype=np.uint8), np.asarray(m["y"], dtype=np.int64).reshape(-1)
-    except (KeyError, ValueError, TypeError, OSError, NotImplementedError) as e:
-        raise ValueError(f"{path}: not an SVHN .mat file ({e})") from None
+    except Exception as e:  # noqa: BLE001 - empty, truncated or not a .mat (scipy's MatReadError, zlib, ...)
+        raise ValueError(f"{path}: not an SVHN .mat file ({type(e).__name__}: {e})") from None
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != len(y) or (len(y) and (y.min() < 1 or y.max() > 10)):
         raise ValueError(f"{path}: unexpected SVHN arrays {x.shape} / {y.shape}")
     return np.ascontiguousarray(x.transpose(3, 2, 0, 1)), y % 10  # label 10 means the digit 0

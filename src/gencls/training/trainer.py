@@ -86,7 +86,7 @@ def _resolve_config(config: TrainConfig | dict, resume: bool) -> TrainConfig:
     """The run's configuration. On resume, the saved config.json wins, except RESUMABLE_OVERRIDES
     given explicitly (a dict holds only what the user gave; a TrainConfig gives them all)."""
     if not resume:
-        return (TrainConfig.from_dict(config) if isinstance(config, dict) else replace(config)).validate()
+        return (TrainConfig.from_dict(config, saved=False) if isinstance(config, dict) else replace(config)).validate()
     given = dict(config) if isinstance(config, dict) else {k: getattr(config, k) for k in ("out", *RESUMABLE_OVERRIDES)}
     if "out" not in given:
         raise GenclsError("--resume needs --out RUN")
@@ -376,8 +376,13 @@ class _Run:
         self.sub = _subset_indices(len(data.labels), cfg.subset, cfg.data_seed)
         targets = data.labels if self.sub is None else data.labels[self.sub]
         self.n_train = len(targets)
+        val_default = None  # how the validation size was chosen when not given: said by a split error
+        if cfg.val_size is None:
+            val_default = ("this dataset's default" if "val_size" in data.defaults
+                           else f"10% of the {len(targets)} training images, at most 5000")
         cfg.fill_from_data(data.image_shape, data.defaults, len(targets))
-        self.split = make_split(targets, cfg.labels, cfg.val_size, cfg.data_seed, num_classes=len(data.classes))
+        self.split = make_split(targets, cfg.labels, cfg.val_size, cfg.data_seed, num_classes=len(data.classes),
+                                class_names=list(data.classes), val_default=val_default)
         if len(self.split.unlabelled) < cfg.batch_size * ddp.world:
             raise GenclsError(f"only {len(self.split.unlabelled)} training images outside validation, fewer than "
                               f"one batch ({cfg.batch_size}" + (f" x {ddp.world} processes)" if ddp.world > 1 else ")"))
