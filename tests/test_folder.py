@@ -327,7 +327,9 @@ def test_the_training_split_has_a_fingerprint_of_its_files_in_row_order(tmp_path
     assert quiet_load(base, root=root).fingerprint == first.fingerprint
     target = base / "dog" / "000.png"
     st = target.stat()
-    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: another file for all we know
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched (a copy, a clone): the same rows
+    assert quiet_load(base, root=root).fingerprint == first.fingerprint
+    tiny_png(target, 3, size=(9, 9))  # another picture of another size in the same place
     assert quiet_load(base, root=root).fingerprint != first.fingerprint
     assert load_split("digits", "train", tmp_path, log=lambda s: None).fingerprint is None
 

@@ -151,3 +151,23 @@ def test_evaluate_into_a_folder_it_cannot_write_still_reports(trained_run, tmp_p
     r = gencls.evaluate(ro, log=notes.append)
     assert r["n"] == 10000 and 0 <= r["error_percent"] <= 100
     assert any("could not write" in n for n in notes)
+
+
+def test_evaluating_validation_rows_of_a_changed_folder_is_refused(tmp_path, mnist_test):
+    """split.json keeps row positions: after files are added to the folder they point elsewhere."""
+    data = tmp_path / "data"
+    for c in (0, 1):
+        write_pngs(data / "labelled" / str(c), mnist_test.images[mnist_test.labels == c][:40])
+    run_dir = gencls.train(gencls.TrainConfig(method="supervised", dataset=f"folder:{data}", epochs=1, batch_size=20,
+                                              val_size=10, out=str(tmp_path / "run"), progress=False,
+                                              tensorboard=False, device="cpu", sample_every=0), log=lambda s: None)
+    assert len(json.loads((run_dir / "split.json").read_text())["fingerprint"]) == 64
+    before = gencls.evaluate(run_dir, split="val", write=False, log=lambda s: None)
+    assert before["n"] == 10
+    Image.fromarray(mnist_test.images[mnist_test.labels == 0][50][0].numpy()).save(data / "labelled" / "0" / "a.png")
+    with pytest.raises(gencls.api.DataChanged, match="changed since this run was trained"):
+        gencls.evaluate(run_dir, split="val", write=False, log=lambda s: None)
+    (run_dir / "ood.json").unlink()
+    notes = []
+    cal = gencls.api.ood_calibration(gencls.load_run(run_dir), log=notes.append)
+    assert cal["threshold"] is None and any("changed since" in n for n in notes)

@@ -187,7 +187,12 @@ def ood_calibration(run: Run | str | Path, data_root: str | None = None, write: 
         log(f"note: no out-of-distribution threshold: the training data to calibrate it on is not here ({e})")
         run.ood = {**uncalibrated, "note": f"training data not available: {e}"}
         return run.ood
-    idx = _split_indices(run)
+    try:
+        idx = _split_indices(run, data)
+    except DataChanged as e:  # calibrating on other images would set a wrong threshold
+        log(f"note: no out-of-distribution threshold: {e}")
+        run.ood = {**uncalibrated, "note": str(e)}
+        return run.ood
     which = "validation" if len(idx["validation"]) else "labelled"
     x = data.images[torch.as_tensor(idx[which], dtype=torch.long)].float().div(255)
     return calibrate_ood(run, x, which, write=write, log=log)
@@ -248,7 +253,7 @@ def evaluate(run: Run | str | Path, split: str = "test", data_root: str | None =
         if run.path is None:
             raise GenclsError("--split val needs the run folder (its split.json), not a bare checkpoint file")
         data = load_run_split(cfg, "train", root, log=log)
-        idx = torch.as_tensor(_split_indices(run)["validation"], dtype=torch.long)
+        idx = torch.as_tensor(_split_indices(run, data)["validation"], dtype=torch.long)
         if len(idx) == 0:
             raise GenclsError(f"{run.path}: this run has no validation split (--val-size 0); evaluate the test split")
         x, y = data.images[idx], data.labels[idx]
@@ -328,8 +333,19 @@ def evaluate_ood(run: Run | str | Path, x_in: torch.Tensor, against: list[str] |
     return out
 
 
-def _split_indices(run: Run) -> dict:
+class DataChanged(GenclsError):
+    """The run's folder dataset is not the one it was trained on: split.json's rows point elsewhere."""
+
+
+def _split_indices(run: Run, data) -> dict:
+    """split.json's labelled and validation rows of ``data`` (the run's training split, as loaded
+    now); refused when a folder dataset's files changed since training (rows are positions)."""
     d = read_json(run.path / "split.json")
+    saved, now = d.get("fingerprint"), getattr(data, "fingerprint", None)
+    if saved is not None and now is not None and saved != now:
+        raise DataChanged(f"{run.config.dataset}: the folder's training files changed since this run was trained "
+                          f"(added, removed or replaced), so the rows in {run.path / 'split.json'} no longer point "
+                          "at its validation images")
     if d.get("subset") is not None:  # indices are into the subset
         sub = d["subset"]
         d = {**d, "validation": [sub[i] for i in d["validation"]], "labelled": [sub[i] for i in d["labelled"]]}

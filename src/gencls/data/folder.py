@@ -27,7 +27,7 @@ each file on its own by a hash of its path (``_hold_out_test``: adding a file mo
 the list is saved (``test_files.json`` in the run folder). The rule is versioned: a run records it
 (``TrainConfig.folder_test_rule``), and runs made before rule 2 keep their test split (rule 1). The
 cache holds the images before any is held out. Each split has a ``fingerprint``: a hash of its
-files (relative path, size, modification time) in row order.
+files (relative path, size) in row order; a run keeps its training split's in ``split.json``.
 
 The decoded images are cached in ``<data root>/folder_cache/<folder>-<listing>.safetensors`` (one
 uint8 tensor, the labels and a JSON index), keyed by hashes of the folder's path and conversion
@@ -369,7 +369,7 @@ def load_folder(path: str, split: str, root: Path, log: Callable[[str], None] = 
                 size: tuple[int, int] | None = None, channels: int | None = None, test_rule: int = TEST_RULE):
     """The ``train`` or ``test`` split of a folder dataset (see the module's docstring). Without a
     test folder, ``test_rule`` says how the test split is held out (``_hold_out_test``). The split's
-    ``fingerprint`` is a hash of its files (relative path, size, modification time) in row order."""
+    ``fingerprint`` is a hash of its files (relative path, size) in row order."""
     from gencls.data.datasets import Split
 
     if not path:
@@ -434,6 +434,7 @@ def load_folder(path: str, split: str, root: Path, log: Callable[[str], None] = 
 
 
 def fingerprint(rows: list[str], stats: dict[str, tuple[int, int]]) -> str:
-    """sha256 (hex) of the rows' files in order: JSON ``[[relative path, size, mtime_ns], ...]``."""
-    doc = [[rel, *stats[rel]] for rel in rows]
+    """sha256 (hex) of the rows' files in order: JSON ``[[relative path, size], ...]``. Not the
+    modification times: a copy (``cp -r``, ``git clone``) changes them, and the rows stay the same."""
+    doc = [[rel, stats[rel][0]] for rel in rows]
     return hashlib.sha256(json.dumps(doc, separators=(",", ":")).encode()).hexdigest()

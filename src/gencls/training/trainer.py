@@ -410,6 +410,17 @@ class _Run:
         idx = idx.to(self.device)
         return idx if self.index is None else self.index[idx]
 
+    def _note_fingerprint(self) -> None:
+        """On resume: the split's rows were recomputed from the data and matched, so split.json's
+        rows are valid for the files as they are now (e.g. with unlabelled images added)."""
+        path, fp = self.out / "split.json", getattr(self.data, "fingerprint", None)
+        try:
+            saved = read_json(path)
+        except GenclsError:
+            return
+        if fp is not None and saved.get("fingerprint") != fp:
+            atomic_write_json(path, {**saved, "fingerprint": fp})
+
     def need_bytes(self) -> int:
         return (2 + self.cfg.keep) * checkpoint_bytes_estimate(self.method) + 2**20
 
@@ -426,6 +437,7 @@ class _Run:
                 if not torch.equal(state["split"][k], t):
                     raise GenclsError(f"--resume: the {k} split recomputed from the data differs from the one in "
                                       f"{last}; the dataset files changed since the run started")
+            ddp.on_main(self._note_fingerprint)
             state["method"]["modules"] = validate_modules(method, state["method"]["modules"], last)  # prefixes stripped
             method.load_state(state["method"])
             step, self.best, epoch_step = ck["step"], ck["best"], ck.get("epoch_step", 0)
@@ -456,7 +468,9 @@ class _Run:
                 atomic_write_json(self.out / "split.json", {"data_seed": cfg.data_seed,
                                                             "subset": None if self.sub is None else self.sub.tolist(),
                                                             "labelled": self.split.labelled.tolist(),
-                                                            "validation": self.split.validation.tolist()})
+                                                            "validation": self.split.validation.tolist(),
+                                                            # a folder's files, to notice when its rows move
+                                                            "fingerprint": getattr(self.data, "fingerprint", None)})
             ddp.on_main(write_run_files)
             init_gen = torch.Generator().manual_seed(cfg.seed)
             init_idx = self.split.unlabelled[torch.randperm(len(self.split.unlabelled), generator=init_gen)[:INIT_BATCH]]
