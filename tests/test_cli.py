@@ -63,3 +63,36 @@ def test_help_and_methods():
     proc = gencls("methods")
     assert proc.returncode == 0 and "improved-gan" in proc.stdout and "supervised" in proc.stdout
     assert "vae-m2" in proc.stdout and "aae" in proc.stdout
+
+
+def test_train_again_from_a_runs_config(tmp_path, data_root):
+    """`train --config RUN/config.json --out NEW` trains the same run again: same settings, same
+    labelled draw, same numbers; flags override the file; a bad file is one line."""
+    import json
+
+    first = gencls("train", "--method", "supervised", "--labels", "20", "--subset", "600", "--val-size", "100",
+                   "--epochs", "1", "--batch-size", "50", "--threads", "1", "--device", "cpu", "--set", "lr=0.001",
+                   "--out", str(tmp_path / "a"), "--no-progress")
+    assert first.returncode == 0, first.stderr
+    again = gencls("train", "--config", str(tmp_path / "a" / "config.json"), "--out", str(tmp_path / "b"))
+    assert again.returncode == 0, again.stderr
+    a, b = (json.loads((tmp_path / r / "config.json").read_text()) for r in "ab")
+    assert {**a, "out": None} == {**b, "out": None} and b["method_config"] == {"lr": 0.001}
+    assert (tmp_path / "a" / "split.json").read_text() == (tmp_path / "b" / "split.json").read_text()
+    ma, mb = ((tmp_path / r / "metrics.jsonl").read_text().splitlines() for r in "ab")
+    assert json.loads(ma[0])["val_error"] == json.loads(mb[0])["val_error"]
+
+    (tmp_path / "c.toml").write_text('method = "supervised"\nval-size = 100\nsubset = 600\nepochs = 1\n'
+                                     'labels = 20\nbatch_size = 50\nthreads = 1\n[method_config]\nlr = 0.002\n')
+    over = gencls("train", "--config", str(tmp_path / "c.toml"), "--set", "ema_decay=0.99", "--epochs", "2",
+                  "--out", str(tmp_path / "c"), "--no-progress")
+    assert over.returncode == 0, over.stderr
+    c = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert c["epochs"] == 2 and c["val_size"] == 100 and c["method_config"] == {"lr": 0.002, "ema_decay": 0.99}
+
+    (tmp_path / "bad.toml").write_text('method = "supervised"\nepoch = 3\n')
+    for path, needle in [(tmp_path / "bad.toml", "unknown setting epoch"), (tmp_path / "none.json", "no such file"),
+                         (tmp_path / "c.toml", "--resume continues")]:
+        extra = ["--resume"] if needle.startswith("--resume") else []
+        proc = gencls("train", "--config", str(path), "--out", str(tmp_path / "d"), *extra)
+        assert proc.returncode != 0 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

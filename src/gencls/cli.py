@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", dest="settings", type=_setting, action="append", metavar="KEY=VALUE",
                    help="a method setting, e.g. --set lr=0.001 (repeatable)")
     t.add_argument("--out", required=True, help="run folder")
+    t.add_argument("--config", metavar="FILE", help="settings from a JSON or TOML file, e.g. another run's "
+                   "config.json to train it again; flags given here override it")
     t.add_argument("--device", help="auto, cpu or cuda[:N] (default auto)")
     t.add_argument("--threads", type=_positive_int, help="CPU threads (default: torch's choice)")
     t.add_argument("--data-root", help="data root (default: $GENCLS_DATA, else ~/.cache/gencls)")
@@ -320,6 +322,19 @@ def cmd_train(args) -> int:
     given = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
     if args.settings:
         given["method_config"] = dict(args.settings)
+    if args.config:
+        if args.resume:
+            raise GenclsError("--config starts a new run; --resume continues one with its own config.json")
+        from gencls.config import read_config_file
+
+        base = read_config_file(args.config)
+        if given.get("method", base.get("method")) != base.get("method"):
+            base.pop("method_config", None)  # another method: the file's method settings do not apply
+        if "method_config" in given:
+            given["method_config"] = {**(base.get("method_config") or {}), **given["method_config"]}
+        if args.seed is not None and args.seeds is None:
+            base.pop("seeds", None)  # --seed on the command line: one run, whatever the file says
+        given = {**base, **given}
     out = train(given if args.resume else TrainConfig(**given), resume=args.resume, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all processes
         if (out / "seeds.json").exists():

@@ -152,6 +152,44 @@ class TrainConfig:
         return cls(**kw)
 
 
+# keys a run writes into config.json that are not settings of a new run
+_RUN_RECORD_KEYS = ("world_size",)
+
+
+def read_config_file(path) -> dict[str, Any]:
+    """Settings of a new run from a JSON or TOML file (``train --config``): TrainConfig's field
+    names (``val_size`` or ``val-size``); a run's own ``config.json`` works as it is. Unknown keys
+    are an error, naming them."""
+    import json
+    import tomllib
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise GenclsError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise GenclsError(f"--config {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        d = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        kind = "TOML" if path.suffix.lower() == ".toml" else "JSON (name a TOML file *.toml)"
+        raise GenclsError(f"--config {path}: not valid {kind}: {e}") from None
+    if not isinstance(d, dict):
+        raise GenclsError(f"--config {path}: expected a table of settings")
+    written_by_a_run = any(k in d for k in _RUN_RECORD_KEYS)
+    d = {k.replace("-", "_"): v for k, v in d.items() if k not in _RUN_RECORD_KEYS}
+    if written_by_a_run:  # a run's config.json: settings added since take the values that reproduce it
+        d = {k: v for k, v in asdict(TrainConfig.from_dict(d)).items() if k in d or k == "folder_test_rule"}
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(k for k in d if k not in names)
+    if unknown:
+        raise GenclsError(f"--config {path}: unknown setting{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(unknown)} (known: {', '.join(sorted(names))})")
+    return d
+
+
 MAX_SEEDS = 1000  # seeds in one --seeds run (each is a whole model)
 
 
