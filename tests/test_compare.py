@@ -138,3 +138,16 @@ def test_a_diverging_run_is_shown_and_the_others_go_on(tmp_path, data_root, caps
                "--batch-size", "50", "--threads", "1", "--device", "cpu", "--set", "improved-gan:lr=1e30"])
     captured = capsys.readouterr()
     assert rc == 1 and "1 failed (seed 1)" in captured.out and "improved-gan-seed1" in captured.err
+
+
+def test_compare_on_a_small_dataset_uses_trains_validation_default(tmp_path, data_root):
+    """--val-size left out resolves as in train (10% of the training images), so digits works; a
+    first attempt that failed before training anything does not pin the folder's settings."""
+    out = tmp_path / "cmp"
+    small = dict(methods=["supervised"], dataset="digits", labels=20, seeds=1, epochs=1, batch_size=50, threads=1,
+                 device="cpu", out=str(out))
+    with pytest.raises(GenclsError, match="--val-size 5000"):
+        compare(CompareConfig(val_size=5000, **small), log=quiet)
+    summary = compare(CompareConfig(**small), log=quiet)
+    assert summary["runs"][0]["val_images"] == 143
+    assert "validation 143 images" in (out / "compare.md").read_text()

@@ -275,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="compare folder (rerun to resume: finished runs are kept)")
     c.add_argument("--jobs", type=_positive_int, default=1, help="runs trained in parallel processes")
     c.add_argument("--threads", type=_positive_int, help="CPU threads per run")
-    c.add_argument("--val-size", type=_nonneg_int, default=5000)
+    c.add_argument("--val-size", type=_nonneg_int, help="validation images per run (default: as train, 10%% of "
+                   "the training images, at most 5000)")
     c.add_argument("--subset", type=_positive_int)
     c.add_argument("--batch-size", type=_positive_int, default=100)
     c.add_argument("--set", dest="settings", type=_method_setting, action="append", default=[],

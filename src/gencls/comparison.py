@@ -47,7 +47,7 @@ class CompareConfig:
     threads: int | None = None
     device: str = "auto"
     data_root: str | None = None
-    val_size: int = 5000
+    val_size: int | None = None  # None: train's default (10% of the training images, at most 5000)
     subset: int | None = None
     batch_size: int = 100
     method_configs: dict[str, dict] = field(default_factory=dict)  # per method: its --set values
@@ -134,7 +134,8 @@ def _run_one(train_cfg: dict, run_dir: str, jobs: int = 1) -> dict:
                   "best_epoch": run.meta["epoch"], "epochs": len(rows),
                   "train_seconds": sum(r["epoch_seconds"] for r in rows),
                   "parameters": run.method.trained_parameter_count(),
-                  "threads": cfg.threads or torch.get_num_threads(), "jobs": jobs, "resumed": resumed}
+                  "threads": cfg.threads or torch.get_num_threads(), "jobs": jobs, "resumed": resumed,
+                  "val_images": (run.meta.get("split_sizes") or {}).get("validation")}
         atomic_write_json(out / "result.json", result)
         return result
     except TrainingDiverged as e:
@@ -260,7 +261,8 @@ def compare_markdown(summary: dict) -> str:
     devices = sorted({r.get("device") or "unrecorded" for r in runs if not r.get("failed")})
     lines = [f"# Comparison: {s['dataset']}, {s['labels']} labels, seeds 1..{s['seeds']}", "",
              f"Budget per run: {budget}, batch {s['batch_size']}, "
-             f"validation {s['val_size']} images" + (f", subset {s['subset']}" if s.get("subset") else "")
+             f"validation {_used(runs, 'val_images', 'default' if s.get('val_size') is None else s['val_size'])} images"
+             + (f", subset {s['subset']}" if s.get("subset") else "")
              + f"; device {', '.join(devices) or s.get('device', 'auto')}, "
              f"threads per run {_used(runs, 'threads', s.get('threads') or 'default')}, "
              f"{_used(runs, 'jobs', s.get('jobs', 1))} run(s) in parallel. "
@@ -335,7 +337,7 @@ def compare(config: CompareConfig | dict | None = None, log: Callable[[str], Non
         raise GenclsError(f"--out {out}: exists and is not a folder")
     settings_path = out / "compare_settings.json"
     settings = asdict(cfg)
-    if settings_path.exists():
+    if settings_path.exists() and any((out / "runs").glob("*/config.json")):  # runs made with those settings
         old = read_json(settings_path)
         changed = [k for k in _FIXED if old.get(k) != settings.get(k)]
         if changed:

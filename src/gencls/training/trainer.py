@@ -561,7 +561,7 @@ class _Run:
             val_txt, best_txt = f"not measured (--eval-every {cfg.eval_every})", ""
         self.log(f"epoch {epoch}/{cfg.epochs}: val error {val_txt}{best_txt}, "
                  + ", ".join(f"{k} {v:.4f}" if v is not None else f"{k} n/a" for k, v in means.items())
-                 + (f", skipped {self.guard.skipped} steps" if self.guard.skipped else "")
+                 + (f", skipped {self.guard.skipped} updates" if self.guard.skipped else "")
                  + f", {train_seconds:.1f}s")
         return record
 
