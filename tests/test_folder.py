@@ -409,3 +409,14 @@ def test_the_config_default_is_the_folder_modules_current_rule():
     from gencls.data.folder import TEST_RULE
 
     assert gencls.TrainConfig().folder_test_rule == TEST_RULE
+
+
+def test_default_label_count_too_large_says_it_is_the_default(tmp_path, capsys):
+    """A flat class-folder layout defaults to 100 labels: a smaller folder is told how to change it."""
+    for c in ("a", "b"):
+        for i in range(12):
+            tiny_png(tmp_path / "imgs" / c / f"{i}.png", 20 * (i % 10))
+    assert main(["train", "--dataset", f"folder:{tmp_path / 'imgs'}", "--data-root", str(tmp_path / "root"),
+                 "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "is this dataset's default" in err and "--labels all" in err, err

@@ -380,9 +380,16 @@ class _Run:
         if cfg.val_size is None:
             val_default = ("this dataset's default" if "val_size" in data.defaults
                            else f"10% of the {len(targets)} training images, at most 5000")
+        labels_given = cfg.labels is not None
         cfg.fill_from_data(data.image_shape, data.defaults, len(targets))
-        self.split = make_split(targets, cfg.labels, cfg.val_size, cfg.data_seed, num_classes=len(data.classes),
-                                class_names=list(data.classes), val_default=val_default)
+        try:
+            self.split = make_split(targets, cfg.labels, cfg.val_size, cfg.data_seed, num_classes=len(data.classes),
+                                    class_names=list(data.classes), val_default=val_default)
+        except GenclsError as e:
+            if labels_given or not str(e).startswith("--labels"):
+                raise
+            raise GenclsError(f"{e} (--labels {cfg.labels} is this dataset's default: give --labels N, "
+                              "or --labels all)") from None
         if len(self.split.unlabelled) < cfg.batch_size * ddp.world:
             raise GenclsError(f"only {len(self.split.unlabelled)} training images outside validation, fewer than "
                               f"one batch ({cfg.batch_size}" + (f" x {ddp.world} processes)" if ddp.world > 1 else ")"))
