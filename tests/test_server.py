@@ -175,3 +175,54 @@ def test_concurrent_clients_on_a_real_server(live_server, gan_run, mnist_test):
 def test_loopback_detection():
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
+
+
+def test_connections_beyond_the_limit_get_503(gan_run):
+    """--max-connections bounds the uploads held in memory at once: a connection beyond it is
+    answered 503 at once, while the slow upload that holds a slot keeps it; afterwards all is well."""
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from gencls.server import server_config
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    limits = ServerLimits(max_connections=2)
+    server = uvicorn.Server(server_config(create_app(str(gan_run), limits), "127.0.0.1", port, limits, "error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        slow = []
+        for _ in range(2):  # uploads that never finish
+            c = socket.create_connection(("127.0.0.1", port))
+            c.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                      b"Content-Length: 100000\r\n\r\n--b")
+            slow.append(c)
+            time.sleep(0.2)
+        answers = []
+        for c in slow:
+            c.settimeout(2)
+            try:
+                answers.append(c.recv(64))
+            except socket.timeout:
+                answers.append(b"(still uploading)")
+        assert answers[0] == b"(still uploading)" and answers[1].startswith(b"HTTP/1.1 503"), answers
+        for c in slow:
+            c.close()
+        time.sleep(0.3)
+        assert httpx.get(url + "/health", timeout=5).status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -258,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-images", type=_positive_int, default=64, help="most images per /predict request")
     sv.add_argument("--max-pixels", type=_positive_int, default=16_000_000, help="most pixels per image")
     sv.add_argument("--max-batch", type=_positive_int, default=64, help="most images per model call")
+    sv.add_argument("--max-connections", type=_positive_int, default=32,
+                    help="open connections at once; more get 503 (bounds the memory uploads take)")
     sv.add_argument("--threads", type=_positive_int, help="CPU threads for inference")
     sv.add_argument("--device", default="cpu")
     sv.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
@@ -497,7 +499,7 @@ def cmd_serve(args) -> int:
     from gencls.server import ServerLimits, serve
 
     limits = ServerLimits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_images=args.max_images,
-                          max_pixels=args.max_pixels, max_batch=args.max_batch)
+                          max_pixels=args.max_pixels, max_batch=args.max_batch, max_connections=args.max_connections)
     serve(args.run, host=args.host, port=args.port, limits=limits, threads=args.threads, device=args.device,
           log_level=args.log_level)
     return 0

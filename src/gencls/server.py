@@ -38,6 +38,7 @@ class ServerLimits:
     max_pixels: int = 16_000_000  # per image, from its header, before decoding
     max_batch: int = 64  # images per model call (a single larger request still goes in one call)
     max_generate: int = 64  # images per /generate request
+    max_connections: int = 32  # open connections at once; beyond: 503 (memory: at most this many bodies)
 
 
 class BodyLimit:
@@ -335,4 +336,12 @@ def serve(run, host: str = "127.0.0.1", port: int = 8000, limits: ServerLimits |
     if not is_loopback(host):
         sys.stderr.write(f"gencls: warning: serving on {host}, reachable from other machines\n")
     print(f"serving {loaded.path} ({loaded.method.name}) on http://{host}:{port}/  (API docs at /docs)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.Server(server_config(app, host, port, limits or ServerLimits(), log_level)).run()
+
+
+def server_config(app, host: str, port: int, limits: ServerLimits, log_level: str = "info"):
+    """uvicorn's settings for ``app``: connections beyond ``limits.max_connections`` get 503, so
+    uploads held in memory at once stay under max_connections x max_upload_bytes."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, limit_concurrency=limits.max_connections)
