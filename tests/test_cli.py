@@ -96,3 +96,40 @@ def test_train_again_from_a_runs_config(tmp_path, data_root):
         extra = ["--resume"] if needle.startswith("--resume") else []
         proc = gencls("train", "--config", str(path), "--out", str(tmp_path / "d"), *extra)
         assert proc.returncode != 0 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_config_file_merging_rules(tmp_path):
+    """How `train --config` combines a file with flags (no training: the merged settings only)."""
+    import json
+    from pathlib import Path
+
+    from gencls.config import TrainConfig, config_with_file
+    from gencls.errors import GenclsError
+
+    old = Path(__file__).parent / "fixtures" / "run_v1" / "config.json"  # a run from before world_size
+    merged = config_with_file(old, {"out": "x"})
+    assert merged["folder_test_rule"] == 1 and TrainConfig(**merged).folder_test_rule == 1
+    assert "image_size" not in config_with_file(old, {"out": "x", "dataset": "fashion-mnist"})
+
+    user = tmp_path / "user.toml"
+    user.write_text('epochs = 3\ndata_seed = 4\n[method_config]\nlr = 0.0005\n')
+    m = config_with_file(user, {"method": "supervised", "method_config": {"ema_decay": 0.9}})
+    assert m["method_config"] == {"lr": 0.0005, "ema_decay": 0.9} and "folder_test_rule" not in m
+    assert config_with_file(user, {"seeds": [1, 2, 3]}).get("data_seed") is None  # each seed its own draw
+    assert config_with_file(user, {"seeds": [1, 2], "data_seed": 7})["data_seed"] == 7
+
+    run = tmp_path / "config.json"
+    run.write_text(json.dumps({"method": "acgan", "method_config": {"g_width": 64}, "seeds": [1, 2], "seed": 1,
+                               "world_size": 1, "dataset": "digits", "image_size": [8, 8], "channels": 1}))
+    m = config_with_file(run, {"method": "supervised", "seed": 5})
+    assert "method_config" not in m and "seeds" not in m and m["seed"] == 5
+    m = config_with_file(run, {"dataset": "mnist"})
+    assert "image_size" not in m and "channels" not in m and "folder_test_rule" not in m
+
+    for text, needle in [('{"epochs": "3"}', "epochs = '3' must be an integer"),
+                         ('{"method_config": "lr=1"}', "method_config = 'lr=1' must be a table"),
+                         ('{"tensorboard": 1}', "tensorboard = 1 must be true/false"),
+                         ('[1, 2]', "expected a table")]:
+        (tmp_path / "bad.json").write_text(text)
+        with pytest.raises(GenclsError, match=needle.replace("[", r"\[")):
+            config_with_file(tmp_path / "bad.json", {})

@@ -151,3 +151,21 @@ def test_compare_on_a_small_dataset_uses_trains_validation_default(tmp_path, dat
     summary = compare(CompareConfig(**small), log=quiet)
     assert summary["runs"][0]["val_images"] == 143
     assert "validation 143 images" in (out / "compare.md").read_text()
+
+
+def test_an_older_compare_folder_resumes_with_its_own_settings(first_compare, tmp_path):
+    """A folder made before --val-size defaulted as in train (its settings say 5000 or, here, 200)
+    and before the folder test rule 2: the same command without --val-size reuses it as it is."""
+    import shutil
+
+    out, _ = first_compare
+    old = shutil.copytree(out, tmp_path / "old")
+    settings = json.loads((old / "compare_settings.json").read_text())
+    del settings["folder_test_rule"]
+    (old / "compare_settings.json").write_text(json.dumps(settings))
+    lines = []
+    rest = {k: v for k, v in SETTINGS.items() if k != "val_size"}
+    compare(CompareConfig(methods=["supervised", "aae"], seeds=1, out=str(old), **rest), log=lines.append)
+    assert "2 runs, 2 already done, 0 to train" in lines[0]
+    saved = json.loads((old / "compare_settings.json").read_text())
+    assert saved["val_size"] == 200 and saved["folder_test_rule"] == 1

@@ -328,16 +328,9 @@ def cmd_train(args) -> int:
     if args.config:
         if args.resume:
             raise GenclsError("--config starts a new run; --resume continues one with its own config.json")
-        from gencls.config import read_config_file
+        from gencls.config import config_with_file
 
-        base = read_config_file(args.config)
-        if given.get("method", base.get("method")) != base.get("method"):
-            base.pop("method_config", None)  # another method: the file's method settings do not apply
-        if "method_config" in given:
-            given["method_config"] = {**(base.get("method_config") or {}), **given["method_config"]}
-        if args.seed is not None and args.seeds is None:
-            base.pop("seeds", None)  # --seed on the command line: one run, whatever the file says
-        given = {**base, **given}
+        given = config_with_file(args.config, given)
     out = train(given if args.resume else TrainConfig(**given), resume=args.resume, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all processes
         if (out / "seeds.json").exists():

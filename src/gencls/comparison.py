@@ -31,7 +31,8 @@ from gencls.utils import atomic_write_bytes, atomic_write_json, read_json
 DEFAULT_METHODS = ("improved-gan", "acgan", "vae-m2", "aae", "supervised")
 
 # settings that must match for runs of an existing compare folder to be reused
-_FIXED = ("dataset", "labels", "epochs", "minutes", "val_size", "subset", "batch_size", "method_configs")
+_FIXED = ("dataset", "labels", "epochs", "minutes", "val_size", "subset", "batch_size", "method_configs",
+          "folder_test_rule")
 
 
 @dataclass
@@ -51,6 +52,7 @@ class CompareConfig:
     subset: int | None = None
     batch_size: int = 100
     method_configs: dict[str, dict] = field(default_factory=dict)  # per method: its --set values
+    folder_test_rule: int = 2  # a folder dataset's test hold-out (TrainConfig's); an older folder keeps 1
 
     def validate(self) -> "CompareConfig":
         from gencls.config import TrainConfig
@@ -89,7 +91,7 @@ class CompareConfig:
                            subset=self.subset, epochs=self.epochs, minutes=self.minutes, batch_size=self.batch_size,
                            seed=seed, data_seed=seed, device=self.device, out=out, data_root=self.data_root,
                            method_config=dict(self.method_configs.get(method, {})), threads=self.run_threads(),
-                           progress=False, tensorboard=False)
+                           progress=False, tensorboard=False, folder_test_rule=self.folder_test_rule)
 
 
 def _run_one(train_cfg: dict, run_dir: str, jobs: int = 1) -> dict:
@@ -336,14 +338,19 @@ def compare(config: CompareConfig | dict | None = None, log: Callable[[str], Non
     if out.exists() and not out.is_dir():
         raise GenclsError(f"--out {out}: exists and is not a folder")
     settings_path = out / "compare_settings.json"
-    settings = asdict(cfg)
     if settings_path.exists() and any((out / "runs").glob("*/config.json")):  # runs made with those settings
         old = read_json(settings_path)
+        old.setdefault("folder_test_rule", 1)  # a folder made before rule 2: its runs' test split
+        cfg.folder_test_rule = old["folder_test_rule"]
+        if cfg.val_size is None and "val_size" in old:  # a default left out: the folder's value stands
+            cfg.val_size = old["val_size"]
+        settings = asdict(cfg)
         changed = [k for k in _FIXED if old.get(k) != settings.get(k)]
         if changed:
             raise GenclsError(f"--out {out}: holds a comparison with other settings ({', '.join(changed)}: "
                               + "; ".join(f"{k} was {old.get(k)!r}" for k in changed)
                               + "); use another --out or the same settings")
+    settings = asdict(cfg)
     atomic_write_json(settings_path, settings)
 
     todo, results = [], []

@@ -154,12 +154,36 @@ class TrainConfig:
 
 # keys a run writes into config.json that are not settings of a new run
 _RUN_RECORD_KEYS = ("world_size",)
+# every setting a run's config.json held in the first release (tests/fixtures/run_v1)
+_FIRST_RELEASE_KEYS = ("batch_size", "checkpoint_every", "data_root", "data_seed", "dataset", "device", "epochs",
+                       "keep", "labels", "max_grad_norm", "method", "method_config", "minutes", "on_nan", "out",
+                       "progress", "sample_every", "seed", "subset", "tensorboard", "threads", "val_size")
+# settings a run resolves from its data and saves (config.json): not carried over to another dataset
+_DATA_DERIVED = ("image_size", "channels", "labels", "val_size")
+# the value types a settings file may give each setting ("int" excludes bool)
+_TYPES = {"labels": ("int", "str"), "val_size": ("int",), "subset": ("int",), "epochs": ("int",),
+          "minutes": ("number",), "batch_size": ("int",), "seed": ("int",), "data_seed": ("int",),
+          "seeds": ("list", "str"), "stack_seeds": ("str",), "device": ("str",), "out": ("str",),
+          "data_root": ("str",), "method_config": ("dict",), "threads": ("int",), "sample_every": ("int",),
+          "eval_every": ("int",), "tensorboard": ("bool",), "progress": ("bool",), "checkpoint_every": ("int",),
+          "keep": ("int",), "on_nan": ("str",), "max_grad_norm": ("number",), "image_size": ("list", "int", "str"),
+          "channels": ("int",), "arch": ("str",), "precision": ("str",), "compile": ("bool",),
+          "cuda_graphs": ("bool",), "folder_test_rule": ("int",), "method": ("str",), "dataset": ("str",)}
 
 
-def read_config_file(path) -> dict[str, Any]:
-    """Settings of a new run from a JSON or TOML file (``train --config``): TrainConfig's field
-    names (``val_size`` or ``val-size``); a run's own ``config.json`` works as it is. Unknown keys
-    are an error, naming them."""
+def _is(v, kind: str) -> bool:
+    if kind == "int":
+        return isinstance(v, int) and not isinstance(v, bool)
+    if kind == "number":
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return isinstance(v, {"str": str, "bool": bool, "list": list, "dict": dict}[kind])
+
+
+def read_config_file(path) -> tuple[dict[str, Any], bool]:
+    """Settings from a JSON or TOML file (``train --config``): TrainConfig's field names
+    (``val_size`` or ``val-size``). Returns them and whether the file is a run's own record (its
+    ``config.json``: settings resolved from its data, and missing newer settings mean the values
+    that reproduce it). Unknown keys and values of the wrong type are errors naming them."""
     import json
     import tomllib
     from pathlib import Path
@@ -178,16 +202,45 @@ def read_config_file(path) -> dict[str, Any]:
         raise GenclsError(f"--config {path}: not valid {kind}: {e}") from None
     if not isinstance(d, dict):
         raise GenclsError(f"--config {path}: expected a table of settings")
-    written_by_a_run = any(k in d for k in _RUN_RECORD_KEYS)
+    # a run's config.json: it has what only a run writes (world_size) or, from runs older than
+    # that, every setting the first release saved (a settings file written by hand names a few)
+    record = any(k in d for k in _RUN_RECORD_KEYS) or all(k in d for k in _FIRST_RELEASE_KEYS)
     d = {k.replace("-", "_"): v for k, v in d.items() if k not in _RUN_RECORD_KEYS}
-    if written_by_a_run:  # a run's config.json: settings added since take the values that reproduce it
-        d = {k: v for k, v in asdict(TrainConfig.from_dict(d)).items() if k in d or k == "folder_test_rule"}
     names = {f.name for f in fields(TrainConfig)}
     unknown = sorted(k for k in d if k not in names)
     if unknown:
         raise GenclsError(f"--config {path}: unknown setting{'s' if len(unknown) > 1 else ''} "
                           f"{', '.join(unknown)} (known: {', '.join(sorted(names))})")
-    return d
+    for k, v in d.items():
+        if v is not None and not any(_is(v, kind) for kind in _TYPES.get(k, ())):
+            want = " or ".join({"int": "an integer", "number": "a number", "str": "a string", "bool": "true/false",
+                                "list": "a list", "dict": "a table"}[t] for t in _TYPES[k])
+            raise GenclsError(f"--config {path}: {k} = {v!r} must be {want}")
+    if record:
+        d.setdefault("folder_test_rule", 1)  # a run made before rule 2 keeps its test split
+    return d, record
+
+
+def config_with_file(path, given: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a new run: the file's (``read_config_file``) with ``given`` (flags) on top.
+
+    ``given["method_config"]`` adds to the file's method settings; another method drops them;
+    ``given["seed"]`` without ``seeds`` makes one run; ``seeds`` without ``data_seed`` lets each
+    seed draw its own split; and another dataset drops the sizes a run's config.json resolved
+    from its own data (image size, channels, label and validation counts)."""
+    base, record = read_config_file(path)
+    if "method" in base and given.get("method", base["method"]) != base["method"]:
+        base.pop("method_config", None)  # another method: the file's method settings do not apply
+    if "method_config" in given:
+        given = {**given, "method_config": {**(base.get("method_config") or {}), **given["method_config"]}}
+    if "seed" in given and "seeds" not in given:
+        base.pop("seeds", None)  # --seed: one run, whatever the file says
+    if "seeds" in given and "data_seed" not in given:
+        base.pop("data_seed", None)  # each seed its own labelled draw, as without a file
+    if record and "dataset" in given and given["dataset"] != base.get("dataset"):
+        for k in (*_DATA_DERIVED, "folder_test_rule"):  # another dataset: its own sizes, the current rule
+            base.pop(k, None)
+    return {**base, **given}
 
 
 MAX_SEEDS = 1000  # seeds in one --seeds run (each is a whole model)

@@ -839,10 +839,10 @@ def _calibrate_ood(r: "_Run", x_all: "DeviceImages", log) -> None:
 
     which = "validation" if len(r.split.validation) else "labelled"
     x = r.x_val if which == "validation" else x_all[r.rows(r.split.labelled)]
-    try:
-        calibrate_ood(load_run(r.out), x.cpu(), which, log=log)
-    except GenclsError as e:  # the run is trained and saved; predict calibrates on first use instead
-        log(f"note: out-of-distribution threshold not calibrated ({e})")
+    try:  # where it trained (a GPU: the conv nets over 5000 images take a moment on a CPU)
+        calibrate_ood(load_run(r.out, device=str(r.device)), x, which, log=log)
+    except Exception as e:  # noqa: BLE001 - the run is trained and saved; predict calibrates on first use
+        log(f"note: out-of-distribution threshold not calibrated ({type(e).__name__}: {e})")
 
 
 def _seeds_summary(runs: list[_Run], cfg: TrainConfig, out: Path, log) -> None:
