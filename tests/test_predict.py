@@ -167,6 +167,9 @@ def test_evaluating_validation_rows_of_a_changed_folder_is_refused(tmp_path, mni
     Image.fromarray(mnist_test.images[mnist_test.labels == 0][50][0].numpy()).save(data / "labelled" / "0" / "a.png")
     with pytest.raises(gencls.api.DataChanged, match="changed since this run was trained"):
         gencls.evaluate(run_dir, split="val", write=False, log=lambda s: None)
+    cfg = gencls.TrainConfig.from_dict({**json.loads((run_dir / "config.json").read_text()), "epochs": 2})
+    with pytest.raises(gencls.GenclsError, match="changed since the run started"):
+        gencls.train(cfg, resume=True, log=lambda s: None)
     (run_dir / "ood.json").unlink()
     notes = []
     cal = gencls.api.ood_calibration(gencls.load_run(run_dir), log=notes.append)

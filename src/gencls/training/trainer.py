@@ -417,16 +417,17 @@ class _Run:
         idx = idx.to(self.device)
         return idx if self.index is None else self.index[idx]
 
-    def _note_fingerprint(self) -> None:
-        """On resume: the split's rows were recomputed from the data and matched, so split.json's
-        rows are valid for the files as they are now (e.g. with unlabelled images added)."""
-        path, fp = self.out / "split.json", getattr(self.data, "fingerprint", None)
+    def _check_fingerprint(self) -> None:
+        """On resume, a folder dataset must hold the files it held (rows are positions: a file
+        added, removed or renamed moves them even where the recomputed split still matches)."""
+        fp = getattr(self.data, "fingerprint", None)
         try:
-            saved = read_json(path)
+            saved = read_json(self.out / "split.json").get("fingerprint")
         except GenclsError:
             return
-        if fp is not None and saved.get("fingerprint") != fp:
-            atomic_write_json(path, {**saved, "fingerprint": fp})
+        if fp is not None and saved is not None and saved != fp:
+            raise GenclsError(f"--resume: the files of {self.cfg.dataset} changed since the run started (added, "
+                              "removed, renamed or replaced); train a new run on the folder as it is now")
 
     def need_bytes(self) -> int:
         return (2 + self.cfg.keep) * checkpoint_bytes_estimate(self.method) + 2**20
@@ -444,7 +445,7 @@ class _Run:
                 if not torch.equal(state["split"][k], t):
                     raise GenclsError(f"--resume: the {k} split recomputed from the data differs from the one in "
                                       f"{last}; the dataset files changed since the run started")
-            ddp.on_main(self._note_fingerprint)
+            ddp.on_main(self._check_fingerprint)
             state["method"]["modules"] = validate_modules(method, state["method"]["modules"], last)  # prefixes stripped
             method.load_state(state["method"])
             step, self.best, epoch_step = ck["step"], ck["best"], ck.get("epoch_step", 0)
