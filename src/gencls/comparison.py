@@ -8,8 +8,8 @@ what is missing: finished runs are reused as they are, a run stopped mid-way res
 checkpoint (its ``--minutes`` budget then counts again from the resume; the table says which runs
 were resumed), and a run whose training finished but whose evaluation did not is only evaluated.
 A run whose training diverges (or crashes) is recorded in its ``failed.json``, shown in the table
-and left out of the means; the other runs go on. Failed runs are not retried: delete their
-``failed.json`` (or the run folder) to try again. Each run's training log is
+and left out of the means; the other runs go on. Failed runs are not retried: delete the run
+folder to train it afresh (deleting only ``failed.json`` resumes it from its last checkpoint). Each run's training log is
 ``OUT/logs/METHOD-seedS.log``.
 """
 from __future__ import annotations
@@ -370,7 +370,7 @@ def compare(config: CompareConfig | dict | None = None, log: Callable[[str], Non
     total = cfg.seeds * len(cfg.methods)
     n_failed = sum(1 for r in results if r.get("failed"))
     log(f"compare: {total} runs, {total - len(todo)} already done"
-        + (f" ({n_failed} failed; delete their failed.json to try again)" if n_failed else "")
+        + (f" ({n_failed} failed; delete a run's folder to train it again)" if n_failed else "")
         + f", {len(todo)} to train ({cfg.jobs} job(s)); run folders in {out / 'runs'}")
 
     def done(r: dict) -> None:
