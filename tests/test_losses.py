@@ -56,6 +56,9 @@ def test_feature_matching_loss():
     fake = [[0.0, 0.0], [2.0, 2.0]]  # mean (1, 1)
     expected = ((2 - 1) ** 2 + (3 - 1) ** 2) / 2
     assert abs(feature_matching_loss(torch.tensor(real), torch.tensor(fake)).item() - expected) < 1e-6
+    # the reference CIFAR-10 code's variant: mean absolute difference of the means
+    l1 = feature_matching_loss(torch.tensor(real), torch.tensor(fake), norm="l1").item()
+    assert abs(l1 - (abs(2 - 1) + abs(3 - 1)) / 2) < 1e-6
 
 
 # --- autoencoder losses --------------------------------------------------------------------------

@@ -75,3 +75,29 @@ def test_unknown_setting_is_a_user_error():
         create_method("improved-gan", {"lrr": 1}, SHAPE, K)
     with pytest.raises(GenclsError, match="unknown method"):
         create_method("nope", {}, SHAPE, K)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_improved_gan_feature_matching_l1_is_the_generators_loss(fused):
+    """--set feature_matching=l1 (the reference CIFAR-10 code's loss) reaches the generator step:
+    the logged loss_gen is the mean absolute difference of the feature means."""
+    from gencls.errors import GenclsError
+    from gencls.losses import feature_matching_loss
+
+    torch.manual_seed(0)
+    m = create_method("improved-gan", {"feature_matching": "l1", "fused": fused, "hidden": [32, 16]}, SHAPE, K)
+    x_lab, y_lab, x_unl = batches(m)
+    m.setup(x_unl)
+    seen = []
+    original = m._generator_update
+
+    def spy(f_real, f_fake):
+        seen.append((feature_matching_loss(f_real.float(), f_fake.float(), "l1"),
+                     feature_matching_loss(f_real.float(), f_fake.float(), "l2")))
+        return original(f_real, f_fake)
+    m._generator_update = spy
+    losses = m.train_step(x_lab, y_lab, x_unl)
+    l1, l2 = seen[0]
+    assert torch.allclose(losses["loss_gen"], l1) and not torch.allclose(l1, l2)
+    with pytest.raises(GenclsError, match="l1 or l2"):
+        create_method("improved-gan", {"feature_matching": "l3"}, SHAPE, K)
