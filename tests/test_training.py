@@ -120,3 +120,28 @@ def test_epoch_loss_sums_leave_non_finite_steps_out_and_round_trip():
     assert old.means() == {"a": 2.0} and old.non_finite() == 0
     old.add({"a": torch.tensor(4.0)})
     assert old.means() == {"a": 2.5}
+
+
+def test_lr_decay_schedule_and_resume(tmp_path, data_root):
+    """--lr-decay START END: the reference CIFAR schedule by hand; every optimizer follows it; a
+    resumed run scales the same base rate, so it equals the unbroken run."""
+    from gencls.training.trainer import lr_factor
+
+    assert [lr_factor([800, 1200], e) for e in (1, 800, 801, 802, 1200)] == [1.0, 1.0, 1.0, 399 / 400, 1 / 400]
+    assert lr_factor([1, 3], 1) == 1.0 and lr_factor([1, 3], 2) == 1.0 and lr_factor([1, 3], 3) == 0.5
+    kw = dict(method="supervised", lr_decay=[1, 3], epochs=3)
+    full = gencls.train(cfg(tmp_path, "full", **kw))
+    gencls.train(cfg(tmp_path, "part", **{**kw, "epochs": 2}))
+    gencls.train(cfg(tmp_path, "part", **kw), resume=True)
+    assert strip_timing(read_metrics(full)) == strip_timing(read_metrics(tmp_path / "part"))
+    x = torch.rand(32, 1, 28, 28)
+    assert torch.equal(gencls.load_run(full, "last").logits(x), gencls.load_run(tmp_path / "part", "last").logits(x))
+    run = gencls.load_run(full, "last")
+    from gencls.training.checkpoint import load_checkpoint
+    state, _ = load_checkpoint(full / "checkpoints" / "last.safetensors")
+    base = run.method.config["lr"]
+    groups = [g for opt in state["method"]["optimizers"].values() for g in opt["param_groups"]]
+    assert groups and all(g["initial_lr"] == pytest.approx(base) and g["lr"] == pytest.approx(base / 2)
+                          for g in groups)
+    with pytest.raises(gencls.GenclsError, match="--lr-decay"):
+        cfg(tmp_path, "bad", lr_decay=[3, 3]).validate()

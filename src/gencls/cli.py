@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sample-every", type=_nonneg_int, help="write a sample grid every N epochs (0: never; default 1)")
     t.add_argument("--on-nan", choices=["stop", "skip"], help="a NaN/inf loss or exploding gradient: stop (default) "
                    "or skip the batch")
+    t.add_argument("--lr-decay", type=_nonneg_int, nargs=2, metavar=("START", "END"),
+                   help="learning rate constant until epoch START, then linearly towards 0 at epoch END "
+                        "(the CIFAR-10 reference: 800 1200)")
     t.add_argument("--max-grad-norm", type=_positive_float, help="gradient norm counted as exploding (default 1e6)")
     t.add_argument("--precision", choices=["fp32", "tf32", "bf16"], help="bf16: autocast matrix products to "
                    "bfloat16 (losses, normalisation, optimizer and EMA stay fp32); tf32: fp32 matrix products on "
@@ -315,7 +318,7 @@ def cmd_data(args) -> int:
 TRAIN_FLAGS = ("method", "dataset", "labels", "val_size", "subset", "epochs", "minutes", "batch_size", "seed",
                "data_seed", "seeds", "stack_seeds", "device", "out", "data_root", "threads", "progress", "tensorboard",
                "checkpoint_every", "keep", "eval_every", "sample_every", "on_nan", "max_grad_norm", "image_size",
-               "channels", "arch", "precision", "compile", "cuda_graphs")
+               "channels", "arch", "precision", "compile", "cuda_graphs", "lr_decay")
 
 
 def cmd_train(args) -> int:

@@ -40,6 +40,10 @@ class TrainConfig:
     precision: str = "fp32"  # "bf16": autocast matrix products to bfloat16; "tf32": TF32 tensor cores (CUDA)
     compile: bool = False  # torch.compile the networks of the training step
     cuda_graphs: bool = False  # capture the whole training step as one CUDA graph (CUDA only)
+    # [start, end]: every optimizer's learning rate is the method's until epoch start, then falls
+    # linearly towards 0 at epoch end (the factor at epoch e is min(1, (end - (e - 1)) / (end - start)),
+    # the reference CIFAR-10 code's min(3 - t/400, 1) for [800, 1200]); None: constant
+    lr_decay: list[int] | None = None
     # how a folder dataset without test/ holds out its test split (gencls.data.folder._hold_out_test):
     # 2 (per file, stable when files are added) for new runs; a saved config without it is a run made
     # before rule 2, and loads as 1 (see from_dict)
@@ -101,6 +105,15 @@ class TrainConfig:
             raise GenclsError(f"--precision {self.precision}: fp32, tf32 or bf16")
         if self.cuda_graphs and not str(self.device).startswith(("cuda", "auto")):
             raise GenclsError(f"--cuda-graphs needs a CUDA device (--device {self.device})")
+        if self.lr_decay is not None:
+            d = self.lr_decay
+            if (not isinstance(d, (list, tuple)) or len(d) != 2 or not all(isinstance(v, int) for v in d)
+                    or not 0 <= d[0] < d[1]):
+                raise GenclsError(f"--lr-decay {d}: two epochs START END with 0 <= START < END")
+            self.lr_decay = [int(d[0]), int(d[1])]
+            if self.cuda_graphs:
+                raise GenclsError("--lr-decay cannot be used with --cuda-graphs (the captured step keeps its "
+                                  "learning rate)")
         if self.folder_test_rule not in (1, 2):
             raise GenclsError(f"folder_test_rule {self.folder_test_rule!r}: 1 or 2")
         if self.threads is not None and self.threads < 1:
@@ -168,7 +181,7 @@ _TYPES = {"labels": ("int", "str"), "val_size": ("int",), "subset": ("int",), "e
           "eval_every": ("int",), "tensorboard": ("bool",), "progress": ("bool",), "checkpoint_every": ("int",),
           "keep": ("int",), "on_nan": ("str",), "max_grad_norm": ("number",), "image_size": ("list", "int", "str"),
           "channels": ("int",), "arch": ("str",), "precision": ("str",), "compile": ("bool",),
-          "cuda_graphs": ("bool",), "folder_test_rule": ("int",), "method": ("str",), "dataset": ("str",)}
+          "cuda_graphs": ("bool",), "lr_decay": ("list",), "folder_test_rule": ("int",), "method": ("str",), "dataset": ("str",)}
 
 
 def _is(v, kind: str) -> bool:

@@ -713,6 +713,11 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
     for r in runs:
         r.open_log(epoch, resume)
     run_step, stacked = _stepper(runs, cfg, device, x_all, y_all, autocast, log)
+    if stacked and cfg.lr_decay:
+        raise GenclsError("--lr-decay schedules each run's own optimizers; with several seeds use --stack-seeds off")
+    if cfg.lr_decay:
+        log(f"learning rate: the method's until epoch {cfg.lr_decay[0]}, then linearly towards 0 at epoch "
+            f"{cfg.lr_decay[1]}" + (f" (this run ends at epoch {cfg.epochs})" if cfg.epochs < cfg.lr_decay[1] else ""))
 
     def stopped(e: NonFiniteError, bad_step: int, tag: str = ""):
         where = f"{tag}: " if tag else ""  # a stacked step's error names its seed
@@ -752,6 +757,8 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
                     epoch_batches.append((r.rows(lab), r.rows(unl) if streams else None))
                 for r in runs:
                     r.method.train()
+                    if cfg.lr_decay:
+                        _scale_learning_rates(r.method, lr_factor(cfg.lr_decay, epoch))
                 bar = tqdm(range(epoch_step, iters), initial=epoch_step, total=iters, desc=f"epoch {epoch}/{cfg.epochs}",
                            disable=not (cfg.progress and ddp.is_main), leave=False, dynamic_ncols=True)
                 for i in bar:
@@ -844,6 +851,21 @@ def _calibrate_ood(r: "_Run", x_all: "DeviceImages", log) -> None:
         calibrate_ood(load_run(r.out, device=str(r.device)), x, which, log=log)
     except Exception as e:  # noqa: BLE001 - the run is trained and saved; predict calibrates on first use
         log(f"note: out-of-distribution threshold not calibrated ({type(e).__name__}: {e})")
+
+
+def lr_factor(decay: list[int], epoch: int) -> float:
+    """``--lr-decay START END``: the learning rate's factor in (1-based) ``epoch``."""
+    start, end = decay
+    return min(1.0, max(0.0, (end - (epoch - 1)) / (end - start)))
+
+
+def _scale_learning_rates(method, factor: float) -> None:
+    """Every optimizer's rate = its initial rate x ``factor`` (``initial_lr`` is kept in the param
+    group, so it is saved with the optimizer's state and a resumed run scales the same base)."""
+    for opt in method.optimizers().values():
+        for group in opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+            group["lr"] = group["initial_lr"] * factor
 
 
 def _seeds_summary(runs: list[_Run], cfg: TrainConfig, out: Path, log) -> None:
