@@ -601,7 +601,8 @@ def _stepper(runs: list[_Run], cfg: TrainConfig, device, x_all, y_all, autocast,
 
     methods = [r.method for r in runs]
     stack = None
-    if cfg.stack_seeds == "on" or (cfg.stack_seeds == "auto" and device.type == "cuda"):
+    # auto: stacked on CUDA, unless a learning-rate schedule needs each run's own optimizers
+    if cfg.stack_seeds == "on" or (cfg.stack_seeds == "auto" and device.type == "cuda" and not cfg.lr_decay):
         stack = type(methods[0]).stack(methods, runs[0].guard)
         if stack is not None:
             stack.seed_names = [r.tag for r in runs]  # a failed step names its seed
@@ -714,7 +715,7 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
         r.open_log(epoch, resume)
     run_step, stacked = _stepper(runs, cfg, device, x_all, y_all, autocast, log)
     if stacked and cfg.lr_decay:
-        raise GenclsError("--lr-decay schedules each run's own optimizers; with several seeds use --stack-seeds off")
+        raise GenclsError("--lr-decay schedules each run's own optimizers: not with --stack-seeds on")
     if cfg.lr_decay:
         log(f"learning rate: the method's until epoch {cfg.lr_decay[0]}, then linearly towards 0 at epoch "
             f"{cfg.lr_decay[1]}" + (f" (this run ends at epoch {cfg.epochs})" if cfg.epochs < cfg.lr_decay[1] else ""))
