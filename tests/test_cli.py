@@ -115,12 +115,14 @@ def test_config_file_merging_rules(tmp_path):
     user.write_text('epochs = 3\ndata_seed = 4\n[method_config]\nlr = 0.0005\n')
     m = config_with_file(user, {"method": "supervised", "method_config": {"ema_decay": 0.9}})
     assert m["method_config"] == {"lr": 0.0005, "ema_decay": 0.9} and "folder_test_rule" not in m
-    assert config_with_file(user, {"seeds": [1, 2, 3]}).get("data_seed") is None  # each seed its own draw
+    assert config_with_file(user, {"seeds": [1, 2, 3]})["data_seed"] == 4  # a hand-written choice stands
     assert config_with_file(user, {"seeds": [1, 2], "data_seed": 7})["data_seed"] == 7
 
     run = tmp_path / "config.json"
     run.write_text(json.dumps({"method": "acgan", "method_config": {"g_width": 64}, "seeds": [1, 2], "seed": 1,
+                               "data_seed": 1,
                                "world_size": 1, "dataset": "digits", "image_size": [8, 8], "channels": 1}))
+    assert "data_seed" not in config_with_file(run, {"seeds": [1, 2, 3]})  # a run's resolved one: each its own
     m = config_with_file(run, {"method": "supervised", "seed": 5})
     assert "method_config" not in m and "seeds" not in m and m["seed"] == 5
     m = config_with_file(run, {"dataset": "mnist"})

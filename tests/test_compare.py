@@ -155,7 +155,8 @@ def test_compare_on_a_small_dataset_uses_trains_validation_default(tmp_path, dat
 
 def test_an_older_compare_folder_resumes_with_its_own_settings(first_compare, tmp_path):
     """A folder made before --val-size defaulted as in train (its settings say 5000 or, here, 200)
-    and before the folder test rule 2: the same command without --val-size reuses it as it is."""
+    and before its settings recorded the folder test rule: the same command without --val-size
+    reuses it as it is, with the rule its runs were made with."""
     import shutil
 
     out, _ = first_compare
@@ -168,4 +169,4 @@ def test_an_older_compare_folder_resumes_with_its_own_settings(first_compare, tm
     compare(CompareConfig(methods=["supervised", "aae"], seeds=1, out=str(old), **rest), log=lines.append)
     assert "2 runs, 2 already done, 0 to train" in lines[0]
     saved = json.loads((old / "compare_settings.json").read_text())
-    assert saved["val_size"] == 200 and saved["folder_test_rule"] == 1
+    assert saved["val_size"] == 200 and saved["folder_test_rule"] == 2  # the rule its runs were made with

@@ -143,5 +143,12 @@ def test_lr_decay_schedule_and_resume(tmp_path, data_root):
     groups = [g for opt in state["method"]["optimizers"].values() for g in opt["param_groups"]]
     assert groups and all(g["initial_lr"] == pytest.approx(base) and g["lr"] == pytest.approx(base / 2)
                           for g in groups)
-    with pytest.raises(gencls.GenclsError, match="--lr-decay"):
-        cfg(tmp_path, "bad", lr_decay=[3, 3]).validate()
+    for bad, needle in [(dict(lr_decay=[3, 3]), "START < END"), (dict(lr_decay=[False, True]), "START < END"),
+                        (dict(lr_decay=[1, 3], epochs=4), "goes past --lr-decay's end"),
+                        (dict(lr_decay=[1, 3], seeds=[1, 2], stack_seeds="on"), "--stack-seeds on")]:
+        with pytest.raises(gencls.GenclsError, match=needle):
+            cfg(tmp_path, "bad", **bad).validate()
+    # the schedule may change on resume (from then on), e.g. to train further
+    gencls.train(cfg(tmp_path, "part", method="supervised", lr_decay=[2, 5], epochs=4), resume=True)
+    assert json.loads((tmp_path / "part" / "config.json").read_text())["lr_decay"] == [2, 5]
+    assert len(read_metrics(tmp_path / "part")) == 4

@@ -162,6 +162,17 @@ def _result_is_current(run_dir: Path, result: dict) -> bool:
         return True  # nothing to compare with: keep the result
 
 
+def _runs_test_rule(out: Path) -> int:
+    """The folder test rule of a compare folder's existing runs (one rule, or refused)."""
+    from gencls.config import TrainConfig
+
+    rules = {TrainConfig.from_dict(read_json(p)).folder_test_rule for p in (out / "runs").glob("*/config.json")}
+    if len(rules) > 1:
+        raise GenclsError(f"--out {out}: its runs hold out folder test splits by different rules "
+                          f"({sorted(rules)}); their test errors are not comparable: use another --out")
+    return rules.pop() if rules else 2
+
+
 def _failed(out: Path, record: dict, error: str) -> dict:
     failed = {**record, "failed": error}
     out.mkdir(parents=True, exist_ok=True)
@@ -340,7 +351,8 @@ def compare(config: CompareConfig | dict | None = None, log: Callable[[str], Non
     settings_path = out / "compare_settings.json"
     if settings_path.exists() and any((out / "runs").glob("*/config.json")):  # runs made with those settings
         old = read_json(settings_path)
-        old.setdefault("folder_test_rule", 1)  # a folder made before rule 2: its runs' test split
+        if "folder_test_rule" not in old:  # not recorded: the rule its runs were made with
+            old["folder_test_rule"] = _runs_test_rule(out)
         cfg.folder_test_rule = old["folder_test_rule"]
         if cfg.val_size is None and "val_size" in old:  # a default left out: the folder's value stands
             cfg.val_size = old["val_size"]

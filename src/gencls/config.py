@@ -107,13 +107,18 @@ class TrainConfig:
             raise GenclsError(f"--cuda-graphs needs a CUDA device (--device {self.device})")
         if self.lr_decay is not None:
             d = self.lr_decay
-            if (not isinstance(d, (list, tuple)) or len(d) != 2 or not all(isinstance(v, int) for v in d)
+            if (not isinstance(d, (list, tuple)) or len(d) != 2 or not all(type(v) is int for v in d)
                     or not 0 <= d[0] < d[1]):
                 raise GenclsError(f"--lr-decay {d}: two epochs START END with 0 <= START < END")
             self.lr_decay = [int(d[0]), int(d[1])]
             if self.cuda_graphs:
                 raise GenclsError("--lr-decay cannot be used with --cuda-graphs (the captured step keeps its "
                                   "learning rate)")
+            if self.stack_seeds == "on" and self.seeds is not None and len(self.seeds) > 1:
+                raise GenclsError("--lr-decay schedules each run's own optimizers: not with --stack-seeds on")
+            if self.epochs > self.lr_decay[1]:
+                raise GenclsError(f"--epochs {self.epochs} goes past --lr-decay's end (epoch {self.lr_decay[1]}), "
+                                  "where the learning rate reaches 0; give a later END (on --resume too)")
         if self.folder_test_rule not in (1, 2):
             raise GenclsError(f"folder_test_rule {self.folder_test_rule!r}: 1 or 2")
         if self.threads is not None and self.threads < 1:
@@ -248,8 +253,8 @@ def config_with_file(path, given: dict[str, Any]) -> dict[str, Any]:
         given = {**given, "method_config": {**(base.get("method_config") or {}), **given["method_config"]}}
     if "seed" in given and "seeds" not in given:
         base.pop("seeds", None)  # --seed: one run, whatever the file says
-    if "seeds" in given and "data_seed" not in given:
-        base.pop("data_seed", None)  # each seed its own labelled draw, as without a file
+    if record and "seeds" in given and "data_seed" not in given:
+        base.pop("data_seed", None)  # a run resolved its data_seed: each seed its own draw, as without a file
     if record and "dataset" in given and given["dataset"] != base.get("dataset"):
         for k in (*_DATA_DERIVED, "folder_test_rule"):  # another dataset: its own sizes, the current rule
             base.pop(k, None)

@@ -38,7 +38,7 @@ from gencls.utils import atomic_write_json, autocast_for, read_json
 
 # Settings a resumed run may change; everything else comes from the run's config.json.
 RESUMABLE_OVERRIDES = ("epochs", "minutes", "progress", "sample_every", "eval_every", "tensorboard",
-                       "checkpoint_every", "keep", "on_nan", "max_grad_norm")
+                       "checkpoint_every", "keep", "on_nan", "max_grad_norm", "lr_decay")
 HOW_TO_RUN = ("device", "threads", "precision", "compile", "cuda_graphs", "stack_seeds")
 INIT_BATCH = 500  # images for the data-dependent initialisation
 EVAL_BATCH = 1000
