@@ -51,9 +51,9 @@ def sup_run(tmp_path_factory, data_root):
     return _tiny_run(tmp_path_factory, "sup", method="supervised", labels=1000, epochs=2)
 
 
-@pytest.fixture(scope="session")
-def live_server(gan_run):
-    """The real app on a real uvicorn server at 127.0.0.1 (a free port), in a background thread."""
+def start_server(app, config=None):
+    """``app`` on a real uvicorn server at 127.0.0.1 (a free port, or ``config``'s), in a background
+    thread, once it answers /health; returns (url, server, thread)."""
     import socket
     import threading
     import time
@@ -61,16 +61,15 @@ def live_server(gan_run):
     import httpx
     import uvicorn
 
-    from gencls.server import create_app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(str(gan_run)), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    if config is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{config.port}"
     for _ in range(200):
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
@@ -79,6 +78,15 @@ def live_server(gan_run):
             time.sleep(0.05)
     else:
         raise RuntimeError("server did not start")
+    return url, server, thread
+
+
+@pytest.fixture(scope="session")
+def live_server(gan_run):
+    """The real app on a real uvicorn server at 127.0.0.1 (a free port), in a background thread."""
+    from gencls.server import create_app
+
+    url, server, thread = start_server(create_app(str(gan_run)))
     yield url
     server.should_exit = True
     thread.join(timeout=10)

@@ -181,29 +181,20 @@ def test_connections_beyond_the_limit_get_503(gan_run):
     """--max-connections bounds the uploads held in memory at once: a connection beyond it is
     answered 503 at once, while the slow upload that holds a slot keeps it; afterwards all is well."""
     import socket
-    import threading
     import time
 
     import httpx
-    import uvicorn
 
+    from conftest import start_server
     from gencls.server import server_config
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     limits = ServerLimits(max_connections=2)
-    server = uvicorn.Server(server_config(create_app(str(gan_run), limits), "127.0.0.1", port, limits, "error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
+    url, server, thread = start_server(None, server_config(create_app(str(gan_run), limits), "127.0.0.1", port,
+                                                           limits, "error"))
     try:
-        for _ in range(200):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.05)
         slow = []
         for _ in range(2):  # uploads that never finish
             c = socket.create_connection(("127.0.0.1", port))
