@@ -102,5 +102,5 @@ def small_feature_net(tmp_path_factory, data_root):
 
     cache = tmp_path_factory.mktemp("feature_nets")
     info = featurenet.prepare("mnist", data_root, cache_dir=cache, log=lambda s: None,
-                              subset=FEATURE_NET_SUBSET, epochs=FEATURE_NET_EPOCHS)
+                              subset=FEATURE_NET_SUBSET, epochs=FEATURE_NET_EPOCHS, min_steps=0)
     return featurenet.load_path(info["path"])

@@ -3,6 +3,7 @@ formats, modes and sizes (10 labelled per class, a few hundred unlabelled, a tes
 files; training, the skipped-file report, the cache, and class names in evaluate, predict and generate."""
 import hashlib
 import json
+import math
 import os
 
 import numpy as np
@@ -420,3 +421,28 @@ def test_default_label_count_too_large_says_it_is_the_default(tmp_path, capsys):
                  "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "is this dataset's default" in err and "--labels all" in err, err
+
+
+def test_generation_metrics_of_a_folder_run_use_its_own_images(folder_run, folder, cache_root, capsys, monkeypatch):
+    """``evaluate --generation`` on a folder dataset: the feature network is trained on the folder's
+    labelled training images at the run's shape, the real side is the run's test split, and the
+    network is cached under a file name of its own (the dataset name holds a path)."""
+    from gencls.evaluation import featurenet
+
+    monkeypatch.setitem(featurenet.RECIPE, "min_steps", 50)  # the real 1,000 steps on 100 images: a minute here
+    out, _ = folder_run
+    report = gencls.evaluate(out, generation=True, n=200, cas_epochs=1, log=lambda s: None)["generation"]
+    info = report["feature_net"]
+    assert info["file"].startswith(f"folder-{folder.name}-") and "/" not in info["file"], info
+    nets = list((cache_root / "feature_nets").glob("folder-*-cnn-v1.json"))
+    assert len(nets) == 1
+    saved = json.loads(nets[0].read_text())
+    assert saved["train_images"] == 100 and saved["test_images"] == 200 and saved["image_shape"] == [1, 28, 28]
+    assert report["n_real"] == 200 and math.isfinite(report["fid"]) and report["classifier_score"] >= 1.0
+    assert report["cas"] is None  # improved-gan generates no chosen class
+    # again: the cached network and features, the same numbers
+    again = gencls.evaluate(out, generation=True, n=200, cas_epochs=1, write=False, log=lambda s: None)["generation"]
+    assert again["fid"] == report["fid"] and again["feature_net"]["sha256"] == info["sha256"]
+    # the CLI's prepare makes the same network for the folder (found in the cache, not trained again)
+    assert main(["metrics", "prepare", "--dataset", f"folder:{folder}", "--data-root", str(cache_root)]) == 0
+    assert ", cached, was trained" in capsys.readouterr().out

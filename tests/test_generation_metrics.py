@@ -20,7 +20,8 @@ def test_feature_net_is_cached_with_checksum_and_accuracy(small_feature_net, dat
     on_disk = json.loads(path.with_suffix(".json").read_text())
     assert on_disk["sha256"] == featurenet.sha256_file(path) and on_disk["test_accuracy"] == info["test_accuracy"]
     # asked again: reused, not trained again
-    again = featurenet.prepare("mnist", data_root, cache_dir=path.parent, log=lambda s: None, subset=5000, epochs=2)
+    again = featurenet.prepare("mnist", data_root, cache_dir=path.parent, log=lambda s: None, subset=5000, epochs=2,
+                                min_steps=0)
     assert again["cached"] and again["sha256"] == info["sha256"]
 
 
@@ -98,3 +99,35 @@ def test_unconditional_method_reports_not_applicable(small_feature_net, data_roo
     assert r["cas"] is None and r["label_consistency"] is None
     assert "not applicable" in r["not_applicable"]["cas"]
     assert math.isfinite(r["fid"]) and r["classifier_score"] >= 1.0
+
+
+def test_small_datasets_train_the_feature_net_for_a_minimum_of_steps():
+    """digits (1,438 training images) is 12 steps an epoch: its 4 epochs were 48 steps (77 % test
+    accuracy); the recipe's min_steps makes it about 1,000 steps (99.7 %). MNIST keeps its 4 epochs."""
+    r = featurenet.RECIPE
+    assert featurenet.training_epochs(60000, r["epochs"], r["batch_size"], r["min_steps"]) == 4
+    assert featurenet.training_epochs(1438, r["epochs"], r["batch_size"], r["min_steps"]) == 84
+    assert featurenet.training_epochs(100, r["epochs"], r["batch_size"], r["min_steps"]) == 1000
+    # a cached network of the old schedule is trained again only where the schedule differs
+    old = {k: v for k, v in r.items() if k != "min_steps"}
+    assert featurenet._schedule(old, 60000) == featurenet._schedule(r, 60000)
+    assert featurenet._schedule(old, 1438) != featurenet._schedule(r, 1438)
+
+
+def test_a_run_at_another_shape_gets_a_feature_net_of_its_own(tmp_path):
+    assert featurenet.net_path("mnist", tmp_path).name == "mnist-cnn-v1.safetensors"
+    assert featurenet.net_path("mnist", tmp_path, image_shape=(1, 28, 28)).name == "mnist-cnn-v1.safetensors"
+    assert featurenet.net_path("mnist", tmp_path, image_shape=(3, 32, 32)).name == "mnist-3x32x32-cnn-v1.safetensors"
+    assert featurenet.data_shape("mnist", tmp_path, image_size=32, channels=3) == (3, 32, 32)
+    assert featurenet.data_shape("cifar10", tmp_path, channels=1) == (1, 32, 32)
+    folder = featurenet.net_path(f"folder:{tmp_path}/my photos", tmp_path, image_shape=(3, 64, 64), folder_test_rule=2)
+    assert folder.parent == tmp_path / "feature_nets" and folder.name.startswith("folder-my-photos-")
+    assert folder.name.endswith("-3x64x64-rule2-cnn-v1.safetensors")
+
+
+def test_a_feature_net_of_another_shape_is_refused(small_feature_net, data_root):
+    torch.manual_seed(0)
+    m = create_method("improved-gan", {}, (1, 32, 32), 10).eval()
+    with pytest.raises(GenclsError, match="makes 1x32x32 images, the feature network takes 1x28x28"):
+        generation_report(m, [str(i) for i in range(10)], small_feature_net, "mnist", data_root, n=50,
+                          image_size=32, log=lambda s: None)

@@ -269,16 +269,21 @@ def evaluate(run: Run | str | Path, split: str = "test", data_root: str | None =
         from gencls.evaluation import featurenet
         from gencls.evaluation.generation import generation_report
 
+        # the run's data as it trained on it: its image size and channels, a folder's test rule
+        spec = dict(image_size=cfg.image_size, channels=cfg.channels, folder_test_rule=cfg.folder_test_rule)
         if feature_net is None:
-            fnet = featurenet.load(cfg.dataset, root, device=run.device, log=log)
+            fnet = featurenet.load(cfg.dataset, root, device=run.device, log=log, **spec)
         elif isinstance(feature_net, featurenet.FeatureNet):
             fnet = feature_net
         else:
             fnet = featurenet.load_path(feature_net, device=run.device)
         if fnet.info.get("dataset") != cfg.dataset:
             raise GenclsError(f"the feature network is for {fnet.info.get('dataset')}, the run for {cfg.dataset}")
+        if tuple(fnet.info.get("image_shape", ())) != tuple(run.method.image_shape):
+            raise GenclsError(f"the feature network takes {'x'.join(map(str, fnet.info.get('image_shape', [])))} "
+                              f"images, the run makes {'x'.join(map(str, run.method.image_shape))}")
         report["generation"] = generation_report(run.method, run.classes, fnet, cfg.dataset, root, n=n, seed=seed,
-                                                 cas_epochs=cas_epochs, log=log)
+                                                 cas_epochs=cas_epochs, log=log, **spec)
     name = "eval.json" if split == "test" else f"eval_{split}.json"
     write = write and run.path is not None
     if ood:
@@ -380,12 +385,14 @@ def predict(run: Run | str | Path, paths: list[str | Path], top_k: int = 3, inve
 
 
 def prepare_metrics(dataset: str = "mnist", data_root: str | None = None, force: bool = False, device: str = "cpu",
-                    log=print) -> dict:
+                    log=print, image_size=None, channels: int | None = None) -> dict:
     """Train (or find cached) the dataset's feature network for the generation metrics; returns its
-    info (path, sha256, test_accuracy, train_seconds, ...)."""
+    info (path, sha256, test_accuracy, train_seconds, ...). ``image_size`` and ``channels``: as a
+    run's ``--image-size`` and ``--channels`` (the network for runs trained so)."""
     from gencls.evaluation import featurenet
 
-    return featurenet.prepare(dataset, data_root, force=force, device=resolve_device(device), log=log)
+    return featurenet.prepare(dataset, data_root, force=force, device=resolve_device(device), log=log,
+                              image_size=image_size, channels=channels)
 
 
 def class_index(run: Run, c: int | str) -> int:

@@ -229,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     mp = msub.add_parser("prepare", help="train and cache a dataset's feature network (once)")
     mp.add_argument("--dataset", default="mnist", help=f"one of: {', '.join(list_datasets())}")
     mp.add_argument("--data-root", help="data root (default: $GENCLS_DATA, else ~/.cache/gencls)")
+    mp.add_argument("--image-size", metavar="N|HxW", help="as a run's --image-size (default: the dataset's)")
+    mp.add_argument("--channels", type=int, choices=(1, 3), help="as a run's --channels (default: the dataset's)")
     mp.add_argument("--force", action="store_true", help="train again even if cached")
     mp.add_argument("--device", default="cpu", help="cpu, auto or cuda[:N]")
     mp.add_argument("--threads", type=_positive_int, help="CPU threads (default: torch's choice)")
@@ -424,10 +426,11 @@ def cmd_metrics(args) -> int:
     from gencls.api import prepare_metrics
 
     if args.metrics_command != "prepare":
-        raise GenclsError("usage: gencls metrics prepare --dataset mnist [--data-root DIR] [--force]")
+        raise GenclsError("usage: gencls metrics prepare --dataset mnist [--image-size N] [--channels C] [--data-root DIR] [--force]")
     if args.threads:
         torch.set_num_threads(args.threads)
-    info = prepare_metrics(args.dataset, args.data_root, force=args.force, device=args.device)
+    info = prepare_metrics(args.dataset, args.data_root, force=args.force, device=args.device,
+                           image_size=args.image_size, channels=args.channels)
     how = "cached, was trained" if info.get("cached") else "trained"
     print(f"feature network for {info['dataset']}: test accuracy {100 * info['test_accuracy']:.2f}%, "
           f"{how} in {info['train_seconds']:.0f}s on {info['device']} ({info['threads']} threads), "

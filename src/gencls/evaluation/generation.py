@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from gencls.errors import GenclsError
 from gencls.evaluation.featurenet import FeatureNet, batched, real_features, train_classifier
 
 KID_SUBSETS = 100
@@ -83,12 +84,18 @@ def classification_accuracy_score(x_gen: torch.Tensor, y_gen: torch.Tensor, x_te
 
 
 def generation_report(method, classes: list[str], fnet: FeatureNet, dataset: str, data_root=None, n: int = 10000,
-                      seed: int = 0, cas_epochs: int = 5, log: Callable[[str], None] = print) -> dict:
+                      seed: int = 0, cas_epochs: int = 5, log: Callable[[str], None] = print, image_size=None,
+                      channels: int | None = None, folder_test_rule: int | None = None) -> dict:
     """All the generation metrics of a trained ``method`` on ``n`` images generated with ``seed``.
 
     Class-conditional methods generate every class in turn (balanced); the others unconditionally,
-    and report label consistency and CAS as not applicable.
+    and report label consistency and CAS as not applicable. The real images are ``dataset``'s test
+    split converted by ``image_size``, ``channels`` and ``folder_test_rule`` (as the run's data).
     """
+    spec = dict(image_size=image_size, channels=channels, folder_test_rule=folder_test_rule)
+    if tuple(method.image_shape) != tuple(fnet.info["image_shape"]):
+        raise GenclsError(f"the model makes {'x'.join(map(str, method.image_shape))} images, the feature network "
+                          f"takes {'x'.join(map(str, fnet.info['image_shape']))}")
     from gencls.data import load_split
 
     k = len(classes)
@@ -102,7 +109,7 @@ def generation_report(method, classes: list[str], fnet: FeatureNet, dataset: str
     x_gen = torch.cat(images)
     log(f"generated {n} images (seed {seed}); measuring them with the {dataset} feature network")
 
-    f_real, y_real = real_features(fnet, dataset, data_root, log=log)
+    f_real, y_real = real_features(fnet, dataset, data_root, log=log, **spec)
     f_gen = fnet.features(x_gen)
     report = {"n": n, "seed": seed, "conditional": conditional,
               "feature_net": {k2: fnet.info[k2] for k2 in ("file", "sha256", "test_accuracy")},
@@ -112,7 +119,7 @@ def generation_report(method, classes: list[str], fnet: FeatureNet, dataset: str
     report["classifier_score_real_test"] = classifier_score(fnet.logits_from_features(f_real))[0]
     if conditional:
         report.update(label_consistency(logits_gen.argmax(1), labels, classes))
-        test = load_split(dataset, "test", data_root, log=log)
+        test = load_split(dataset, "test", data_root, log, **spec)
         log(f"CAS: training a classifier on the {n} generated images ({cas_epochs} epochs)")
         cas = classification_accuracy_score(x_gen, labels, test.images.float().div_(255), test.labels, k,
                                             epochs=cas_epochs, seed=seed, device=fnet.device)
