@@ -198,3 +198,35 @@ def test_png_transparency_decodes_like_an_alpha_channel(tmp_path):
     sixteen = Image.fromarray(g.astype(np.uint16) * 257)
     sixteen.save(tmp_path / "trns16.png", transparency=200 * 257)
     assert torch.equal(load_image(tmp_path / "trns16.png", (1, 8, 8), invert="no"), expected)
+
+
+def test_decoding_in_many_threads_keeps_the_bomb_guard_and_the_warning_filters():
+    """The server decodes uploads in a thread pool: PIL's decompression-bomb warning must still be an
+    error in every thread, and the process's warning filters must come out as they went in."""
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gencls.imagefile import decode_image
+
+    # a header announcing 10000 x 10000 pixels: over PIL's warning limit (89 M), under its error limit
+    side = 10000
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    warn_bomb = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(b"\0" * 100))
+    buf = io.BytesIO()
+    Image.fromarray(np.full((28, 28), 200, np.uint8)).save(buf, "PNG")
+    good = buf.getvalue()
+    before = list(warnings.filters)
+
+    def one(i):
+        data = warn_bomb if i % 3 == 0 else good
+        try:
+            decode_image(data, SHAPE, max_pixels=200_000_000)
+            return "ok"
+        except InputError as e:
+            return str(e)
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(one, range(600)))
+    assert warnings.filters == before
+    assert all(("decompression bomb guard" in g) == (i % 3 == 0) for i, g in enumerate(got)), set(got)
+    assert got.count("ok") == 400

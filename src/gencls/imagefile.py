@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -58,17 +59,15 @@ def decode_image(source: str | os.PathLike | bytes, image_shape: tuple[int, int,
             raise InputError(f"{label}: is a folder")
         fp = path
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(fp) as im:
-                if im.width * im.height > max_pixels:
-                    raise TooManyPixels(f"{label}: too large ({im.width}x{im.height} pixels, the limit is {max_pixels})")
-                im.seek(0)  # first frame of animations
-                im = ImageOps.exif_transpose(im)
-                im = _to_mode(im, c)
-                if im.size != (w, h):
-                    im = im.resize((w, h), Image.Resampling.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)
+        with _open(fp) as im:
+            if im.width * im.height > max_pixels:
+                raise TooManyPixels(f"{label}: too large ({im.width}x{im.height} pixels, the limit is {max_pixels})")
+            im.seek(0)  # first frame of animations
+            im = ImageOps.exif_transpose(im)
+            im = _to_mode(im, c)
+            if im.size != (w, h):
+                im = im.resize((w, h), Image.Resampling.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
     except InputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -82,6 +81,18 @@ def decode_image(source: str | os.PathLike | bytes, image_shape: tuple[int, int,
     if invert == "yes" or (invert == "auto" and border_mean_np(x) > 0.5 and background < 0.5):
         x = 1.0 - x
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+# warnings.catch_warnings() swaps the process's one list of filters: two threads inside it at once (the
+# server decodes uploads in a thread pool) can leave the other's filter in place for good or drop it early
+_WARNINGS_LOCK = threading.Lock()
+
+
+def _open(fp) -> Image.Image:
+    """``Image.open`` (the header only) with PIL's decompression-bomb warning raised as an error."""
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return Image.open(fp)
 
 
 def _to_mode(im: Image.Image, channels: int) -> Image.Image:
