@@ -98,6 +98,15 @@ def test_generate_cli(runs, tmp_path):
     assert (tmp_path / "again" / files[2]).read_bytes() == (tmp_path / "threes" / files[2]).read_bytes()
     proc = gencls_cli("generate", runs["improved-gan"], "--n", "3", "--out-dir", tmp_path / "igan")
     assert proc.returncode == 0 and all("_pred-" in p.name for p in (tmp_path / "igan").iterdir())
+    # a folder holding an earlier call's images: refused (the new ones would mix with them) ...
+    (tmp_path / "threes" / "notes.txt").write_text("mine")
+    proc = gencls_cli("generate", run, "--class", "7", "--n", "2", "--out-dir", tmp_path / "threes")
+    assert proc.returncode == 2 and "holds 5 generated image(s) of an earlier call (00000_3.png" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(list((tmp_path / "threes").iterdir())) == 6
+    # ... and replaced with --overwrite; other files in the folder stay
+    proc = gencls_cli("generate", run, "--class", "7", "--n", "2", "--out-dir", tmp_path / "threes", "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "threes").iterdir()) == ["00000_7.png", "00001_7.png", "notes.txt"]
 
 
 def test_evaluate_generation_cli_writes_eval_json(runs, small_feature_net):

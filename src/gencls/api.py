@@ -527,21 +527,47 @@ def _file_safe(name: str) -> str:
     return re.sub(r"[^\w.+-]+", "_", name).strip(".") or "_"
 
 
+_GENERATED_FILE = re.compile(r"\d{5,}_.+\.png")  # write_images's names: 00000_7.png, 00012_pred-cat.png
+
+
+def generated_files(out_dir: str | Path) -> list[Path]:
+    """The files an earlier ``write_images`` left in ``out_dir`` (by their names), sorted."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return []
+    return sorted(p for p in out.iterdir() if _GENERATED_FILE.fullmatch(p.name) and p.is_file())
+
+
+def check_out_dir(out_dir: str | Path, overwrite: bool = False) -> None:
+    """Refuse an ``--out-dir`` that is a file, or holds an earlier call's generated images (the new
+    ones would mix with them: 50 new and 50 old after ``--n 100`` then ``--n 50``) unless ``overwrite``."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise GenclsError(f"--out-dir {out}: exists and is not a folder")
+    old = generated_files(out) if not overwrite else []
+    if old:
+        raise GenclsError(f"--out-dir {out}: holds {len(old)} generated image(s) of an earlier call ({old[0].name}, ...); "
+                          "--overwrite replaces them, or give another folder")
+
+
 def write_images(run: Run | str | Path, images: torch.Tensor, out_dir: str | Path,
-                 labels: torch.Tensor | list[int] | None = None) -> list[Path]:
+                 labels: torch.Tensor | list[int] | None = None, overwrite: bool = False) -> list[Path]:
     """One PNG per image in ``out_dir``, named with its class: ``00000_7.png`` for the class it was
-    generated as, or ``00000_pred-7.png`` (the run's own classifier's prediction) when unconditional."""
+    generated as, or ``00000_pred-7.png`` (the run's own classifier's prediction) when unconditional.
+    A folder holding an earlier call's images is refused, or with ``overwrite`` they are deleted first
+    (only files named like these; anything else in the folder stays)."""
     from torchvision.utils import save_image
 
     run = _as_run(run)
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise GenclsError(f"--out-dir {out}: exists and is not a folder")
+    check_out_dir(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     if labels is not None:
         names = [run.classes[int(i)] for i in torch.as_tensor(labels).tolist()]
     else:
         names = ["pred-" + c for c in run.predict_classes(images)]
+    for old in generated_files(out):
+        old.unlink(missing_ok=True)
     paths = []
     for i, (img, name) in enumerate(zip(images, names)):
         p = out / f"{i:05d}_{_file_safe(name)}.png"  # class names may hold "/" (Fashion-MNIST's T-shirt/top)

@@ -220,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     out = g.add_mutually_exclusive_group(required=True)
     out.add_argument("--out", help="PNG file of the grid")
     out.add_argument("--out-dir", help="folder: one PNG per image, named with its class")
+    g.add_argument("--overwrite", action="store_true",
+                   help="with --out-dir: replace the generated images an earlier call left there")
     g.add_argument("--seed", type=_seed, help="makes the images repeatable")
     g.add_argument("--nrow", type=_positive_int, default=10, help="images per row")
     g.add_argument("--device", default="cpu", help="cpu, auto or cuda[:N]")
@@ -391,6 +393,10 @@ def cmd_generate(args) -> int:
 
     if args.out and Path(args.out).suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
         raise GenclsError(f"--out {args.out}: give an image file name (.png, .jpg, ...)")
+    if args.out_dir:
+        from gencls.api import check_out_dir
+
+        check_out_dir(args.out_dir, args.overwrite)  # before any work
     run = load_run(args.run, device=args.device)
     if sum([args.cls is not None, args.per_class is not None, args.interpolate]) > 1:
         raise GenclsError("give one of --class, --per-class and --interpolate")
@@ -412,7 +418,7 @@ def cmd_generate(args) -> int:
         elif run.method.can_condition:  # every class in turn
             labels = [i % len(run.classes) for i in range(args.n)]
     if args.out_dir:
-        paths = write_images(run, images, args.out_dir, labels)
+        paths = write_images(run, images, args.out_dir, labels, overwrite=args.overwrite)
         print(f"wrote {len(paths)} generated images to {args.out_dir}/")
     else:
         save_labelled_grid(images, args.out, nrow=nrow, row_labels=row_labels)
@@ -426,7 +432,8 @@ def cmd_metrics(args) -> int:
     from gencls.api import prepare_metrics
 
     if args.metrics_command != "prepare":
-        raise GenclsError("usage: gencls metrics prepare --dataset mnist [--image-size N] [--channels C] [--data-root DIR] [--force]")
+        raise GenclsError("usage: gencls metrics prepare --dataset mnist [--image-size N] [--channels C] "
+                          "[--data-root DIR] [--force]")
     if args.threads:
         torch.set_num_threads(args.threads)
     info = prepare_metrics(args.dataset, args.data_root, force=args.force, device=args.device,
