@@ -240,3 +240,19 @@ def test_grads_into_gives_fused_adam_gradients_in_the_parameters_layout():
     assert w.grad.stride() == w.stride()
     torch.optim.Adam([w], lr=1.0, fused=True).step()
     assert torch.equal(w.detach().sign(), -c.t().sign())  # each weight moved against its own gradient
+
+
+def test_stack_on_refused_before_the_run_folder_is_written(tmp_path, data_root):
+    """The refusal is a user mistake like any other: nothing is written, so the corrected command
+    runs as given (no --overwrite), and a refused resume leaves the run's settings as they were."""
+    out = tmp_path / "x"
+    with pytest.raises(gencls.GenclsError, match="no batched step"):
+        gencls.train(cfg(tmp_path, "x", seeds=[1, 2], stack_seeds="on", epochs=1), log=lambda s: None)
+    assert not out.exists()
+    gencls.train(cfg(tmp_path, "x", seeds=[1, 2], stack_seeds="off", epochs=1), log=lambda s: None)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl")}
+    with pytest.raises(gencls.GenclsError, match="no batched step"):
+        gencls.train({"out": str(out), "epochs": 2, "stack_seeds": "on"}, resume=True, log=lambda s: None)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl")} == before
+    gencls.train({"out": str(out), "epochs": 2}, resume=True, log=lambda s: None)  # still "off": it trains on
+    assert [r["epoch"] for r in read_metrics(out / "seed-1")] == [1, 2]

@@ -584,6 +584,10 @@ def _kept(runs: list[_Run]) -> str:
     return f"The last good checkpoint ({lasts[0]}) is kept"
 
 
+_NO_STACK = ("--stack-seeds on: method {method} has no batched step for several seeds (with these networks); "
+             "use --stack-seeds off")
+
+
 def _stepper(runs: list[_Run], cfg: TrainConfig, device, x_all, y_all, autocast, log):
     """``step(batches) -> [losses per run]`` where ``batches`` holds each run's (labelled,
     unlabelled) dataset rows for the step; and whether the runs are stacked into one model."""
@@ -607,8 +611,7 @@ def _stepper(runs: list[_Run], cfg: TrainConfig, device, x_all, y_all, autocast,
         if stack is not None:
             stack.seed_names = [r.tag for r in runs]  # a failed step names its seed
         if stack is None and cfg.stack_seeds == "on":
-            raise GenclsError(f"--stack-seeds on: method {cfg.method} has no batched step for several seeds "
-                              f"(with these networks); use --stack-seeds off")
+            raise GenclsError(_NO_STACK.format(method=cfg.method))
     if stack is not None:
         for r in runs:
             r.guard = runs[0].guard  # one guard for the stacked optimizers
@@ -672,6 +675,8 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
             for s in cfg.seed_list]
     for r in runs:
         r.two_phase = several
+    if len(runs) > 1 and cfg.stack_seeds == "on" and not type(runs[0].method).can_stack([r.method for r in runs]):
+        raise GenclsError(_NO_STACK.format(method=cfg.method))  # before the folder (or its settings) is written
     autocast = autocast_for(device, cfg.precision)
     if not resume:
         need = sum(r.need_bytes() for r in runs)
