@@ -239,7 +239,9 @@ class _EpochLosses:
         return {k: (v / steps if steps else None) for k, v in zip(self.names, values[:-2])}
 
     def non_finite(self) -> int:
-        return 0 if self.acc is None else int(self.acc[-1])
+        """Steps with a non-finite term; averaged over processes a fraction, rounded up (one step
+        of one process of two is 0.5: not finite, not 0)."""
+        return 0 if self.acc is None else math.ceil(float(self.acc[-1]))
 
 
 class DeviceImages:
