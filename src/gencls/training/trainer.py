@@ -834,6 +834,9 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
                     log(f"stopping after epoch {epoch - 1}: the {cfg.minutes}-minute budget is spent")
                     break
     except KeyboardInterrupt:
+        if not any((r.ck_dir / "last.safetensors").exists() for r in runs):  # nothing --resume could read
+            raise TrainingStopped(f"interrupted before the first checkpoint: nothing to resume in {out}; "
+                                  "start again with --overwrite", exit_code=130) from None
         raise TrainingStopped(f"interrupted; finished epochs are saved in {out}. Continue with "
                               f"`gencls train --resume --out {out}`", exit_code=130) from None
     finally:
