@@ -91,16 +91,21 @@ def _resolve_config(config: TrainConfig | dict, resume: bool) -> TrainConfig:
     if "out" not in given:
         raise GenclsError("--resume needs --out RUN")
     out = Path(given["out"])
+    filled = None  # several seeds: a seed's config.json, with the settings the data filled in (labels, ...)
     if (out / "seeds.json").exists():  # several seeds trained together: their shared configuration
         saved = TrainConfig.from_dict(read_json(out / "seeds.json")["config"])
         if saved.seeds:
             _settle_checkpoints(out, saved.seeds)  # a kill while they checkpointed: all at one point
+            if (out / f"seed-{saved.seeds[0]}" / "config.json").exists():
+                filled = TrainConfig.from_dict(read_json(out / f"seed-{saved.seeds[0]}" / "config.json"))
     else:
         _check_out_dir(out, resume=True, overwrite=False)
         saved = TrainConfig.from_dict(read_json(out / "config.json"))
     _check_out_dir(out, resume=True, overwrite=False, seeds=saved.seeds)
     ignored = sorted(k for k, v in given.items() if k not in ("out", *RESUMABLE_OVERRIDES, *HOW_TO_RUN)
-                     and v is not None and not _same_setting(saved, k, v))
+                     and v is not None and not _same_setting(saved, k, v)
+                     and not (filled is not None and k not in ("seed", "data_seed", "seeds")
+                              and _same_setting(filled, k, v)))
     if ignored:
         raise GenclsError(f"--resume: {', '.join(ignored)} cannot change in a resumed run (they are fixed by "
                           f"{out / ('seeds.json' if saved.seeds is not None else 'config.json')})")
