@@ -250,3 +250,20 @@ def _worker(rank, world, port):
 
 def test_every_method_stays_identical_across_two_processes():
     mp.spawn(_worker, args=(2, _free_port()), nprocs=2, join=True)
+
+
+def test_a_non_finite_step_on_one_process_is_seen_in_the_epochs_average():
+    """The epoch's loss sums are averaged over the processes before the --on-nan stop check: one
+    non-finite step on one of two processes averages to 0.5 and must still count."""
+    from gencls.training.trainer import _EpochLosses
+
+    ranks = [_EpochLosses(), _EpochLosses()]
+    for i in range(4):
+        ranks[0].add({"loss": torch.tensor(1.0)})
+        ranks[1].add({"loss": torch.tensor(float("nan") if i == 3 else 1.0)})
+    states = [r.state() for r in ranks]
+    averaged = {k: (states[0][k] + states[1][k]) / 2 for k in states[0]}  # what Context.average gives
+    epoch = _EpochLosses.from_state(averaged, steps=4, device="cpu")
+    assert epoch.non_finite() == 1
+    assert epoch.means() == {"loss": 1.0}
+    assert _EpochLosses.from_state({k: (v + v) / 2 for k, v in states[0].items()}, 4, "cpu").non_finite() == 0

@@ -240,3 +240,31 @@ def test_grads_into_gives_fused_adam_gradients_in_the_parameters_layout():
     assert w.grad.stride() == w.stride()
     torch.optim.Adam([w], lr=1.0, fused=True).step()
     assert torch.equal(w.detach().sign(), -c.t().sign())  # each weight moved against its own gradient
+
+
+def test_stack_on_refused_before_the_run_folder_is_written(tmp_path, data_root):
+    """The refusal is a user mistake like any other: nothing is written, so the corrected command
+    runs as given (no --overwrite), and a refused resume leaves the run's settings as they were."""
+    out = tmp_path / "x"
+    with pytest.raises(gencls.GenclsError, match="no batched step"):
+        gencls.train(cfg(tmp_path, "x", seeds=[1, 2], stack_seeds="on", epochs=1), log=lambda s: None)
+    assert not out.exists()
+    gencls.train(cfg(tmp_path, "x", seeds=[1, 2], stack_seeds="off", epochs=1), log=lambda s: None)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl")}
+    with pytest.raises(gencls.GenclsError, match="no batched step"):
+        gencls.train({"out": str(out), "epochs": 2, "stack_seeds": "on"}, resume=True, log=lambda s: None)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl")} == before
+    gencls.train({"out": str(out), "epochs": 2}, resume=True, log=lambda s: None)  # still "off": it trains on
+    assert [r["epoch"] for r in read_metrics(out / "seed-1")] == [1, 2]
+
+
+def test_seeds_resume_accepts_an_unchanged_setting_the_data_filled_in(tmp_path, data_root):
+    """seeds.json keeps the settings as given (labels, image size unset: the data fills them in per
+    seed); on --resume the same value given explicitly is not a change, as for a single run."""
+    out = gencls.train(cfg(tmp_path, "m", seeds=[1, 2], epochs=1, labels=None, method_config={"hidden": [32]}),
+                       log=lambda s: None)
+    gencls.train({"out": str(out), "epochs": 2, "labels": 100, "image_size": "28"}, resume=True, log=lambda s: None)
+    assert [r["epoch"] for r in read_metrics(out / "seed-2")] == [1, 2]
+    for bad in ({"labels": 50}, {"image_size": "32"}, {"seed": 7}):
+        with pytest.raises(gencls.GenclsError, match=f"{next(iter(bad))} cannot change"):
+            gencls.train({"out": str(out), **bad}, resume=True, log=lambda s: None)

@@ -1,5 +1,6 @@
 """Training on real MNIST: it learns, checkpoints reload exactly, resume equals an unbroken run."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,3 +153,72 @@ def test_lr_decay_schedule_and_resume(tmp_path, data_root):
     gencls.train(cfg(tmp_path, "part", method="supervised", lr_decay=[2, 5], epochs=4), resume=True)
     assert json.loads((tmp_path / "part" / "config.json").read_text())["lr_decay"] == [2, 5]
     assert len(read_metrics(tmp_path / "part")) == 4
+
+
+@pytest.mark.parametrize("name", ["grid.png", "labelled.jpg"])
+def test_sample_grids_are_written_atomically(tmp_path, monkeypatch, name):
+    """A grid is a complete image or the previous one: a write that dies half-way (a kill, a full
+    disk) never leaves a truncated file where the samples of a finished epoch were."""
+    from PIL import Image
+
+    from gencls.training.runlog import save_grid, save_labelled_grid
+
+    def write(path):
+        if name.startswith("labelled"):
+            save_labelled_grid(torch.rand(4, 1, 8, 8), path, nrow=2, row_labels=["a", "b"])
+        else:
+            save_grid(torch.rand(4, 1, 8, 8), path, nrow=2)
+
+    path = tmp_path / "samples" / name
+    write(path)
+    good = path.read_bytes()
+    with Image.open(path) as im:
+        assert im.format == ("PNG" if name.endswith(".png") else "JPEG")
+    real_save = Image.Image.save
+
+    def dies_half_way(self, fp, format=None, **kw):
+        if isinstance(fp, (str, Path)):
+            fp = open(fp, "wb")
+        fp.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", dies_half_way)
+    with pytest.raises(OSError):
+        write(path)
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    assert path.read_bytes() == good
+    assert sorted(p.name for p in path.parent.iterdir()) == [name]
+
+
+def test_an_interrupt_before_the_first_checkpoint_does_not_offer_resume(tmp_path, data_root, monkeypatch):
+    """A second Ctrl-C (KeyboardInterrupt) before any checkpoint: the message must not send the
+    user to --resume, which has nothing to read; after a checkpoint it does, and --resume works."""
+    from gencls.methods.supervised import Supervised
+    from gencls.training.trainer import TrainingStopped
+
+    kw = dict(method="supervised", subset=600, val_size=100, method_config={"hidden": [32]}, sample_every=0)
+    real_step, calls = Supervised.train_step, [0]
+
+    def interrupted_at(n):
+        def step(self, *batch):
+            calls[0] += 1
+            if calls[0] == n:
+                raise KeyboardInterrupt
+            return real_step(self, *batch)
+        return step
+
+    monkeypatch.setattr(Supervised, "train_step", interrupted_at(3))  # inside epoch 1
+    with pytest.raises(TrainingStopped) as e:
+        gencls.train(cfg(tmp_path, "early", **kw), log=lambda s: None)
+    assert e.value.exit_code == 130 and "--resume" not in str(e.value) and "--overwrite" in str(e.value)
+    with pytest.raises(gencls.GenclsError, match="no checkpoint to resume from"):
+        gencls.train({"out": str(tmp_path / "early")}, resume=True, log=lambda s: None)
+
+    calls[0] = 0
+    monkeypatch.setattr(Supervised, "train_step", interrupted_at(13))  # inside epoch 2 (10 steps an epoch)
+    with pytest.raises(TrainingStopped, match="--resume") as e:
+        gencls.train(cfg(tmp_path, "later", **kw), log=lambda s: None)
+    assert e.value.exit_code == 130
+    monkeypatch.setattr(Supervised, "train_step", real_step)
+    gencls.train({"out": str(tmp_path / "later")}, resume=True, log=lambda s: None)
+    assert [r["epoch"] for r in read_metrics(tmp_path / "later")] == [1, 2]

@@ -1,6 +1,7 @@
 """What a run writes while it trains: metrics as JSON lines, TensorBoard events, sample grids."""
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -69,11 +70,24 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return [rec for _, rec in _parse_lines(p)] if p.exists() else []
 
 
+def _image_format(path: str | Path) -> str:
+    """PIL's format for the file name's extension (as ``Image.save(path)`` would choose)."""
+    from PIL import Image
+
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ValueError(f"unknown file extension: {Path(path).suffix}")
+    return fmt
+
+
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 10) -> None:
+    """An image grid, written atomically (a kill mid-write never leaves a truncated image)."""
     from torchvision.utils import save_image
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_image(images.detach().float().cpu().clamp(0, 1), str(path), nrow=nrow, padding=2, pad_value=0.5)
+    buf = io.BytesIO()
+    save_image(images.detach().float().cpu().clamp(0, 1), buf, format=_image_format(path), nrow=nrow, padding=2,
+               pad_value=0.5)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def save_labelled_grid(images: torch.Tensor, path: str | Path, nrow: int, row_labels: list[str] | None = None,
@@ -105,5 +119,6 @@ def save_labelled_grid(images: torch.Tensor, path: str | Path, nrow: int, row_la
             y = pad * scale + r * row_h + (row_h - pad * scale - (box[3] - box[1])) // 2 - box[1]
             draw.text((margin - 4 - (box[2] - box[0]), y), str(text), fill=(0, 0, 0), font=font)
         im = canvas
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    im.save(path)
+    buf = io.BytesIO()
+    im.save(buf, format=_image_format(path))
+    atomic_write_bytes(path, buf.getvalue())

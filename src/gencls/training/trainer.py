@@ -91,16 +91,21 @@ def _resolve_config(config: TrainConfig | dict, resume: bool) -> TrainConfig:
     if "out" not in given:
         raise GenclsError("--resume needs --out RUN")
     out = Path(given["out"])
+    filled = None  # several seeds: a seed's config.json, with the settings the data filled in (labels, ...)
     if (out / "seeds.json").exists():  # several seeds trained together: their shared configuration
         saved = TrainConfig.from_dict(read_json(out / "seeds.json")["config"])
         if saved.seeds:
             _settle_checkpoints(out, saved.seeds)  # a kill while they checkpointed: all at one point
+            if (out / f"seed-{saved.seeds[0]}" / "config.json").exists():
+                filled = TrainConfig.from_dict(read_json(out / f"seed-{saved.seeds[0]}" / "config.json"))
     else:
         _check_out_dir(out, resume=True, overwrite=False)
         saved = TrainConfig.from_dict(read_json(out / "config.json"))
     _check_out_dir(out, resume=True, overwrite=False, seeds=saved.seeds)
     ignored = sorted(k for k, v in given.items() if k not in ("out", *RESUMABLE_OVERRIDES, *HOW_TO_RUN)
-                     and v is not None and not _same_setting(saved, k, v))
+                     and v is not None and not _same_setting(saved, k, v)
+                     and not (filled is not None and k not in ("seed", "data_seed", "seeds")
+                              and _same_setting(filled, k, v)))
     if ignored:
         raise GenclsError(f"--resume: {', '.join(ignored)} cannot change in a resumed run (they are fixed by "
                           f"{out / ('seeds.json' if saved.seeds is not None else 'config.json')})")
@@ -239,7 +244,9 @@ class _EpochLosses:
         return {k: (v / steps if steps else None) for k, v in zip(self.names, values[:-2])}
 
     def non_finite(self) -> int:
-        return 0 if self.acc is None else int(self.acc[-1])
+        """Steps with a non-finite term; averaged over processes a fraction, rounded up (one step
+        of one process of two is 0.5: not finite, not 0)."""
+        return 0 if self.acc is None else math.ceil(float(self.acc[-1]))
 
 
 class DeviceImages:
@@ -584,6 +591,10 @@ def _kept(runs: list[_Run]) -> str:
     return f"The last good checkpoint ({lasts[0]}) is kept"
 
 
+_NO_STACK = ("--stack-seeds on: method {method} has no batched step for several seeds (with these networks); "
+             "use --stack-seeds off")
+
+
 def _stepper(runs: list[_Run], cfg: TrainConfig, device, x_all, y_all, autocast, log):
     """``step(batches) -> [losses per run]`` where ``batches`` holds each run's (labelled,
     unlabelled) dataset rows for the step; and whether the runs are stacked into one model."""
@@ -607,8 +618,7 @@ def _stepper(runs: list[_Run], cfg: TrainConfig, device, x_all, y_all, autocast,
         if stack is not None:
             stack.seed_names = [r.tag for r in runs]  # a failed step names its seed
         if stack is None and cfg.stack_seeds == "on":
-            raise GenclsError(f"--stack-seeds on: method {cfg.method} has no batched step for several seeds "
-                              f"(with these networks); use --stack-seeds off")
+            raise GenclsError(_NO_STACK.format(method=cfg.method))
     if stack is not None:
         for r in runs:
             r.guard = runs[0].guard  # one guard for the stacked optimizers
@@ -672,6 +682,8 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
             for s in cfg.seed_list]
     for r in runs:
         r.two_phase = several
+    if len(runs) > 1 and cfg.stack_seeds == "on" and not type(runs[0].method).can_stack([r.method for r in runs]):
+        raise GenclsError(_NO_STACK.format(method=cfg.method))  # before the folder (or its settings) is written
     autocast = autocast_for(device, cfg.precision)
     if not resume:
         need = sum(r.need_bytes() for r in runs)
@@ -827,6 +839,9 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
                     log(f"stopping after epoch {epoch - 1}: the {cfg.minutes}-minute budget is spent")
                     break
     except KeyboardInterrupt:
+        if not any((r.ck_dir / "last.safetensors").exists() for r in runs):  # nothing --resume could read
+            raise TrainingStopped(f"interrupted before the first checkpoint: nothing to resume in {out}; "
+                                  "start again with --overwrite", exit_code=130) from None
         raise TrainingStopped(f"interrupted; finished epochs are saved in {out}. Continue with "
                               f"`gencls train --resume --out {out}`", exit_code=130) from None
     finally:
