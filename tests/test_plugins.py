@@ -251,7 +251,7 @@ def test_example_follows_the_method_contract(example, tmp_path):
 def test_example_learns_from_unlabelled_digits(example, tmp_path):
     """Trained on digits with 100 labels: the validation error falls, predictions on the unlabelled
     images grow confident (the entropy term falls), the test error is low; a few seconds."""
-    out = gencls.train(method="entropy-min", out=str(tmp_path / "run"), method_config={"rampup_steps": 100},
+    out = gencls.train(method="entropy-min", out=str(tmp_path / "run"),
                        **{**SMALL, "epochs": 8}, log=lambda s: None)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     errors, entropies = [r["val_error"] for r in rows], [r["loss_ent"] for r in rows]

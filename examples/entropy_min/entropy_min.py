@@ -28,7 +28,7 @@ class EntropyMin(Method):
     name = "entropy-min"
     description = "supervised classifier + entropy minimisation on unlabelled images (Grandvalet & Bengio 2005)"
     unlabelled_batches = 1  # x_unl: one batch of unlabelled images per step
-    default_config = {"entropy_weight": 1.0, "rampup_steps": 500,
+    default_config = {"entropy_weight": 1.0, "rampup_steps": 100,
                       # the rest as in supervised (and improved-gan): the same network and optimiser
                       "lr": 0.003, "beta1": 0.5, "adam_eps": 1e-4, "ema_decay": 0.999,
                       "hidden": [1000, 500, 250, 250, 250], "input_noise": 0.3, "hidden_noise": 0.5,

@@ -398,13 +398,17 @@ def _load_plugins() -> None:
             return
         _plugins = "loading"
         try:
+            try:
+                eps = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+            except Exception as e:  # noqa: BLE001 -- e.g. a malformed entry_points.txt somewhere on the path
+                _plugin_failed(f"(the entry points of group {ENTRY_POINT_GROUP})", e)
+                eps = []
             seen = set()
-            for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            for ep in eps:
                 if (ep.name, ep.value) in seen:  # the same distribution twice on the path
                     continue
                 seen.add((ep.name, ep.value))
-                dist = getattr(ep, "dist", None)
-                who = (f"{dist.name} {dist.version}" if dist is not None else "?") + f" (entry point {ep.name} = {ep.value})"
+                who = f"{_distribution(ep)} (entry point {ep.name} = {ep.value})"
                 before, sources = dict(_METHODS), dict(_SOURCES)
                 _loading = who
                 try:
@@ -414,14 +418,25 @@ def _load_plugins() -> None:
                 except (Exception, SystemExit) as e:  # noqa: BLE001 -- a broken plugin must not take the others down
                     _METHODS.clear(), _METHODS.update(before)  # a failed plugin adds nothing
                     _SOURCES.clear(), _SOURCES.update(sources)
-                    why = " ".join(f"{type(e).__name__}: {e}".split())
-                    _FAILURES[who] = why
-                    sys.stderr.write(f"gencls: warning: plugin {who} failed to load: {why}; "
-                                     "its methods are not available\n")
+                    _plugin_failed(who, e)
                 finally:
                     _loading = None
         finally:
             _plugins = "done"
+
+
+def _distribution(ep) -> str:
+    try:
+        return f"{ep.dist.name} {ep.dist.version}"
+    except Exception:  # noqa: BLE001 -- no or unreadable metadata: the entry point still names it
+        return "(unknown distribution)"
+
+
+def _plugin_failed(who: str, e: BaseException) -> None:
+    """Record a plugin that did not load and say so in one line on stderr."""
+    why = " ".join(f"{type(e).__name__}: {e}".split())
+    _FAILURES[who] = why
+    sys.stderr.write(f"gencls: warning: plugin {who} failed to load: {why}; its methods are not available\n")
 
 
 def plugin_failures() -> dict[str, str]:
