@@ -1,4 +1,8 @@
-"""Every registered method honours the contract (timm-style: one test runs them all)."""
+"""Every registered method honours the contract (timm-style: one test runs them all).
+
+"Every" is the list at collection: the built-in methods and those of installed plugins (entry
+points ``gencls.methods``), so a plugin's author can run these on their method. The fake plugins
+of test_plugins.py are on the path only inside their own tests, which put the registry back."""
 import pytest
 import torch
 

@@ -512,12 +512,13 @@ def cmd_serve(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    from gencls.methods import get_method_class, list_methods
+    from gencls.methods import get_method_class, list_methods, method_source
 
-    for name in list_methods():
+    for name in list_methods():  # a plugin that failed to load has had its warning line on stderr
         cls = get_method_class(name)
         gen = "generates classes" if cls.can_condition else "generates" if cls.can_generate else "classifies only"
-        print(f"{name:<14} {gen:<18} {cls.description}")
+        source = method_source(name)
+        print(f"{name:<14} {gen:<18} {cls.description}" + (f" [{source}]" if source else ""))
     return 0
 
 

@@ -1,6 +1,7 @@
 """The method contract and the registry.
 
-A method is one file in this package, registered by name with ``@register_method``. It is
+A method is one file in this package, registered by name with ``@register_method`` (or one
+module of another package, found through the entry-point group ``gencls.methods``). It is
 built from (config, image shape, number of classes) and implements:
 
 - ``setup(x)``: optional data-dependent initialisation from a batch of training images;
@@ -23,7 +24,11 @@ The trainer, data, evaluation and CLI only ever go through this interface.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import math
+import re
+import sys
+import threading
 from typing import Any, ClassVar
 
 import torch
@@ -337,23 +342,129 @@ class Method(nn.Module):
 
 _METHODS: dict[str, type[Method]] = {}
 
+# --- methods from other packages: entry points -----------------------------------------------
+# A package adds methods by declaring, in its pyproject.toml,
+#     [project.entry-points."gencls.methods"]
+#     my-method = "my_package.my_method"          # a module whose import registers methods
+# (or "my_package.my_method:MyMethod", a Method subclass, registered if its import did not).
+# They are imported once per process, at the first lookup or listing of a method name, so the
+# command line, loading a run and compare's worker processes all see them. A plugin that fails
+# to import adds nothing, is named in one warning line, and leaves every other method working.
+ENTRY_POINT_GROUP = "gencls.methods"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # goes into folder names, --set METHOD:KEY, --methods a,b
+_SOURCES: dict[str, str] = {}  # method name -> the plugin or module that registered it (not for gencls's own)
+_FAILURES: dict[str, str] = {}  # plugin -> why it did not load
+_plugins = "new"  # -> "loading" -> "done"
+_plugin_lock = threading.RLock()
+_loading: str | None = None  # the plugin being imported: its registrations are credited to it
+
 
 def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make ``cls`` available under ``cls.name``. A name already taken by another
+    class is refused (``GenclsError``); registering a class again, or a redefinition of the same
+    module and class name (a notebook cell run twice), replaces it."""
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"register_method: {cls!r} is not a subclass of gencls.methods.Method")
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
+    if not isinstance(cls.name, str) or not _NAME.fullmatch(cls.name):
+        raise GenclsError(f"method name {cls.name!r} ({_where(cls)}): letters, digits, '.', '_' and '-' only, "
+                          "starting with a letter or digit")
+    old = _METHODS.get(cls.name)
+    if old is not None and _where(old) != _where(cls):
+        taken = f"{_where(old)}" + (f", from {_SOURCES[cls.name]}" if cls.name in _SOURCES else "")
+        raise GenclsError(f"method name '{cls.name}' is already registered (by {taken}); "
+                          f"{_where(cls)} needs another name")
     _METHODS[cls.name] = cls
+    if _loading is not None:
+        _SOURCES[cls.name] = _loading
+    elif not cls.__module__.startswith("gencls."):
+        _SOURCES[cls.name] = f"module {cls.__module__}"
     return cls
 
 
+def _where(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _load_plugins() -> None:
+    """Import every ``gencls.methods`` entry point, once per process (thread-safe; a plugin that
+    looks a method up while it is imported sees the methods registered so far)."""
+    global _plugins, _loading
+    if _plugins == "done":
+        return
+    with _plugin_lock:
+        if _plugins != "new":  # done by another thread meanwhile, or this thread is importing a plugin
+            return
+        _plugins = "loading"
+        try:
+            try:
+                eps = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+            except Exception as e:  # noqa: BLE001 -- e.g. a malformed entry_points.txt somewhere on the path
+                _plugin_failed(f"(the entry points of group {ENTRY_POINT_GROUP})", e)
+                eps = []
+            seen = set()
+            for ep in eps:
+                if (ep.name, ep.value) in seen:  # the same distribution twice on the path
+                    continue
+                seen.add((ep.name, ep.value))
+                who = f"{_distribution(ep)} (entry point {ep.name} = {ep.value})"
+                before, sources = dict(_METHODS), dict(_SOURCES)
+                _loading = who
+                try:
+                    obj = ep.load()
+                    if isinstance(obj, type) and issubclass(obj, Method) and _METHODS.get(obj.name) is not obj:
+                        register_method(obj)
+                except (Exception, SystemExit) as e:  # noqa: BLE001 -- a broken plugin must not take the others down
+                    _METHODS.clear(), _METHODS.update(before)  # a failed plugin adds nothing
+                    _SOURCES.clear(), _SOURCES.update(sources)
+                    _plugin_failed(who, e)
+                finally:
+                    _loading = None
+        finally:
+            _plugins = "done"
+
+
+def _distribution(ep) -> str:
+    try:
+        return f"{ep.dist.name} {ep.dist.version}"
+    except Exception:  # noqa: BLE001 -- no or unreadable metadata: the entry point still names it
+        return "(unknown distribution)"
+
+
+def _plugin_failed(who: str, e: BaseException) -> None:
+    """Record a plugin that did not load and say so in one line on stderr."""
+    why = " ".join(f"{type(e).__name__}: {e}".split())
+    _FAILURES[who] = why
+    sys.stderr.write(f"gencls: warning: plugin {who} failed to load: {why}; its methods are not available\n")
+
+
+def plugin_failures() -> dict[str, str]:
+    """The plugins (entry points of group ``gencls.methods``) that failed to load, and why."""
+    _load_plugins()
+    return dict(_FAILURES)
+
+
+def method_source(name: str) -> str | None:
+    """Where method ``name`` comes from: None for gencls's own, else the plugin (distribution,
+    version, entry point) or the module that registered it."""
+    get_method_class(name)
+    return _SOURCES.get(name)
+
+
 def list_methods() -> list[str]:
+    _load_plugins()
     return sorted(_METHODS)
 
 
 def get_method_class(name: str) -> type[Method]:
+    _load_plugins()
     try:
         return _METHODS[name]
     except KeyError:
-        raise GenclsError(f"unknown method '{name}' (known: {', '.join(list_methods())})") from None
+        failed = "".join(f"; plugin {who} failed to load: {why}" for who, why in _FAILURES.items())
+        raise GenclsError(f"unknown method '{name}' (known: {', '.join(list_methods())}{failed}; other packages "
+                          f"add methods through the entry-point group {ENTRY_POINT_GROUP})") from None
 
 
 def create_method(name: str, config: dict | None, image_shape, num_classes: int) -> Method:
