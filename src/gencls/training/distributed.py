@@ -334,8 +334,12 @@ def process_group():
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
     dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(minutes=30))
+    ctx = Context(rank, world, local_rank, active=True)
     try:
-        yield Context(rank, world, local_rank, active=True)
+        yield ctx
+        # leave together: rank 0 still calibrates and writes after the last collective, and a process
+        # tearing gloo down while its peer is still connected was seen to abort at exit (SIGABRT)
+        ctx.barrier()
     finally:
         dist.destroy_process_group()
 
