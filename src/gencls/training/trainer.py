@@ -13,6 +13,7 @@ process trains on its slice of every batch, rank 0 alone validates, logs and wri
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import signal
 import threading
@@ -559,7 +560,8 @@ class _Run:
                     names = (f"epoch_{epoch:04d}", *names)
                 self.write_checkpoint(epoch, 0, step, {}, names, val_error, rngs)
                 if cfg.keep:
-                    for old in sorted(self.ck_dir.glob("epoch_*.safetensors"))[: -cfg.keep]:
+                    kept = [p for p in self.ck_dir.glob("epoch_*.safetensors") if re.fullmatch(r"epoch_\d+", p.stem)]
+                    for old in sorted(kept, key=lambda p: int(p.stem[6:]))[: -cfg.keep]:  # by number: epoch_10000 last
                         old.unlink(missing_ok=True)
                         old.with_suffix(".json").unlink(missing_ok=True)
             if method.can_generate and cfg.sample_every and (epoch % cfg.sample_every == 0 or final):

@@ -1,0 +1,66 @@
+"""A run folder belongs to one trainer at a time; what a kill leaves behind in it (temporary
+files, a .json copy behind its checkpoint, a seeds commit cut short) is tidied or settled
+without losing newer work; checkpoint names are what they seem."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import gencls
+from gencls.training.runlog import read_metrics
+
+DIGITS = ["--method", "supervised", "--dataset", "digits", "--threads", "1", "--no-progress", "--no-tensorboard",
+          "--sample-every", "0"]
+TIMING = ("epoch_seconds", "images_per_second")
+
+
+def cfg(tmp_path, name, **kw):
+    base = dict(method="supervised", dataset="digits", epochs=1, out=str(tmp_path / name), progress=False,
+                tensorboard=False, sample_every=0, device="cpu", threads=1)
+    base.update(kw)
+    return gencls.TrainConfig(**base)
+
+
+def quiet(*a):
+    pass
+
+
+def rows(run):
+    return [{k: v for k, v in r.items() if k not in (*TIMING, "seed")} for r in read_metrics(run)]
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "gencls", *args], capture_output=True, text=True, timeout=300)
+
+
+def _wait_for(path: Path, proc, timeout=120):
+    t = time.time()
+    while not path.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() - t < timeout
+        time.sleep(0.05)
+
+
+def _refused(r, folder: Path, pid: int | None = None):
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    line = r.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line, line
+    assert str(folder) in line and "another gencls process" in line, line
+    if pid is not None:
+        assert f"pid {pid}" in line, line
+
+
+def test_kept_epochs_are_pruned_by_number(tmp_path, data_root):
+    """--keep sorts epoch_NNNN by number: past epoch 9999 (epoch_10000) the oldest still goes."""
+    out = gencls.train(cfg(tmp_path, "k", keep=1), log=quiet)
+    ck = out / "checkpoints"
+    for n in (9999, 10000):
+        for suffix in (".safetensors", ".json"):
+            shutil.copy(ck / f"epoch_0001{suffix}", ck / f"epoch_{n}{suffix}")
+    gencls.train({"out": str(out), "epochs": 2, "keep": 1}, resume=True, log=quiet)
+    assert sorted(p.name for p in ck.glob("epoch_*")) == ["epoch_10000.json", "epoch_10000.safetensors"]
