@@ -64,3 +64,14 @@ def test_kept_epochs_are_pruned_by_number(tmp_path, data_root):
             shutil.copy(ck / f"epoch_0001{suffix}", ck / f"epoch_{n}{suffix}")
     gencls.train({"out": str(out), "epochs": 2, "keep": 1}, resume=True, log=quiet)
     assert sorted(p.name for p in ck.glob("epoch_*")) == ["epoch_10000.json", "epoch_10000.safetensors"]
+
+
+def test_a_pending_seeds_commit_is_no_checkpoint_name(tmp_path, data_root):
+    out = gencls.train(cfg(tmp_path, "n"), log=quiet)
+    ck = out / "checkpoints"
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(ck / f"last{suffix}", ck / f"last.next{suffix}")
+    with pytest.raises(gencls.GenclsError, match="a checkpoint name such as"):
+        gencls.load_run(out, which="last.next")
+    with pytest.raises(gencls.GenclsError, match=r"it has best, last\)"):
+        gencls.load_run(out, which="epoch_0001")
