@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import gencls
+from gencls.training.checkpoint import read_checkpoint_meta
 from gencls.training.runlog import read_metrics
 
 DIGITS = ["--method", "supervised", "--dataset", "digits", "--threads", "1", "--no-progress", "--no-tensorboard",
@@ -53,6 +54,32 @@ def _refused(r, folder: Path, pid: int | None = None):
     assert str(folder) in line and "another gencls process" in line, line
     if pid is not None:
         assert f"pid {pid}" in line, line
+
+
+def test_a_kill_between_a_checkpoint_and_its_json_copy(tmp_path, data_root, monkeypatch):
+    """best.safetensors (its header holds the metadata) is the truth: compare reads it, not a
+    best.json a kill left describing the previous best."""
+    from gencls.comparison import _result_is_current
+
+    out = gencls.train(cfg(tmp_path, "r", val_size=0), log=quiet)  # no validation: every epoch is the best
+    import gencls.training.checkpoint as checkpoint
+
+    real = checkpoint.atomic_write_json
+
+    def killed(path, obj):
+        if Path(path).name == "best.json":
+            raise KeyboardInterrupt  # the process dies between best.safetensors and best.json
+        return real(path, obj)
+
+    monkeypatch.setattr(checkpoint, "atomic_write_json", killed)
+    with pytest.raises(gencls.GenclsError):
+        gencls.train({"out": str(out), "epochs": 2}, resume=True, log=quiet)
+    monkeypatch.setattr(checkpoint, "atomic_write_json", real)
+    best = out / "checkpoints" / "best"
+    assert read_checkpoint_meta(best.with_suffix(".safetensors"))["epoch"] == 2
+    assert json.loads(best.with_suffix(".json").read_text())["meta"]["epoch"] == 1  # the stale copy
+    assert not _result_is_current(out, {"best_epoch": 1})  # compare evaluates the new best
+    assert _result_is_current(out, {"best_epoch": 2})
 
 
 def test_kept_epochs_are_pruned_by_number(tmp_path, data_root):
