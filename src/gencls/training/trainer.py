@@ -33,9 +33,10 @@ from gencls.errors import GenclsError, TrainingDiverged, TrainingStopped  # noqa
 from gencls.evaluation.metrics import predict_logits
 from gencls.methods import NonFiniteError, create_method
 from gencls.training import distributed
-from gencls.training.checkpoint import checkpoint_bytes_estimate, parse_checkpoint, save_checkpoint, validate_modules
+from gencls.training.checkpoint import (checkpoint_bytes_estimate, parse_checkpoint, repair_json_copies,
+                                       save_checkpoint, validate_modules)
 from gencls.training.runlog import RunLog, save_grid
-from gencls.utils import atomic_write_json, autocast_for, read_json
+from gencls.utils import LOCK_NAME, FolderLock, atomic_write_json, autocast_for, read_json, remove_stale_temp_files
 
 # Settings a resumed run may change; everything else comes from the run's config.json.
 RESUMABLE_OVERRIDES = ("epochs", "minutes", "progress", "sample_every", "eval_every", "tensorboard",
@@ -59,7 +60,7 @@ def _check_out_dir(out: Path, resume: bool, overwrite: bool, seeds: list[int] | 
             if not (folder / "checkpoints" / "last.safetensors").exists():
                 raise GenclsError(f"--resume: {folder} has no checkpoint to resume from (checkpoints/last.safetensors missing)")
         return
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
         if not overwrite:
             raise GenclsError(f"--out {out}: the run folder exists and is not empty "
                               "(use --resume to continue it or --overwrite to start again)")
@@ -69,7 +70,13 @@ def _check_out_dir(out: Path, resume: bool, overwrite: bool, seeds: list[int] | 
 
 def _make_run_dir(out: Path, overwrite: bool, need_bytes: int) -> None:
     if overwrite and out.exists() and _looks_like_run(out):
-        shutil.rmtree(out)
+        for child in out.iterdir():  # all but the lock this process holds (see _lock_run_folder)
+            if child.name == LOCK_NAME:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -152,6 +159,63 @@ def _settle_checkpoints(out: Path, seeds: list[int], commit: bool | None = None)
                 else:
                     pending.unlink()
     marker.unlink(missing_ok=True)
+
+
+def _seeds_parent(out: Path) -> Path | None:
+    """OUT when ``out`` is OUT/seed-S, a seed folder of a run of several seeds (OUT/seeds.json lists it)."""
+    try:
+        runs = read_json(out.parent / "seeds.json").get("runs") if (out.parent / "seeds.json").is_file() else None
+    except (GenclsError, AttributeError):
+        return None
+    return out.parent if isinstance(runs, list) and out.name in runs else None
+
+
+# files a trainer alone writes in its run folder (temporary files of others', e.g. evaluate's ood.json, only when old)
+_TRAINER_FILES = ("config.json", "split.json", "metrics.jsonl", "seeds.json", COMMIT)
+
+
+def _owned_by_trainer(target: Path) -> bool:
+    return target.parent.name in ("checkpoints", "samples") or target.name in _TRAINER_FILES
+
+
+def _out_of(config, resume: bool) -> Path | None:
+    """The run folder ``train`` was given (before its configuration is checked), if any."""
+    if isinstance(config, dict):
+        out = config.get("out", None if resume else TrainConfig.out)
+    else:
+        out = getattr(config, "out", None)
+    return Path(out) if isinstance(out, (str, Path)) and str(out) else None
+
+
+def _lock_run_folder(config, resume: bool) -> list[FolderLock]:
+    """Lock the run folder for this training (rank 0, before anything reads or changes it): one
+    trainer per folder, so two never interleave checkpoints and metrics, and ``--overwrite`` never
+    deletes a run another process trains. A seed folder OUT/seed-S trained on its own also holds
+    OUT's lock shared: seed folders may train alone side by side, not beside a trainer of OUT.
+    Then, under the lock, the temporary files of atomic writes a kill interrupted are removed and
+    the checkpoints' .json copies made to say what their .safetensors files hold."""
+    out = _out_of(config, resume)
+    if out is None:
+        return []
+    locks: list[FolderLock] = []
+    try:
+        parent = _seeds_parent(out)
+        if parent is not None:
+            locks.append(FolderLock(parent, shared=True).acquire())
+        locks.append(FolderLock(out).acquire())
+        if locks[-1].fd is not None:
+            try:
+                remove_stale_temp_files(out, owned=_owned_by_trainer)
+                for ck in (out / "checkpoints", *sorted(out.glob("*/checkpoints"))):  # a seeds run: its seeds'
+                    if ck.is_dir():
+                        repair_json_copies(ck)  # a .json copy a kill left describing the previous checkpoint
+            except OSError:
+                pass  # tidying only: a folder that cannot be written fails where the run writes
+    except BaseException:
+        for lock in reversed(locks):
+            lock.release()
+        raise
+    return locks
 
 
 def _subset_indices(n: int, subset: int | None, data_seed: int) -> torch.Tensor | None:
@@ -363,10 +427,14 @@ def train(config: TrainConfig | dict, resume: bool = False, overwrite: bool = Fa
     rank 0 alone logs, validates, writes the run folder and calls ``on_epoch_end``.
     """
     threads = torch.get_num_threads()  # --threads applies to this training only
+    locks: list[FolderLock] = []
     try:
         with distributed.process_group() as ddp:
+            ddp.on_main(lambda: locks.extend(_lock_run_folder(config, resume)))  # held until the end
             return _train(ddp, config, resume, overwrite, log if ddp.is_main else (lambda s: None), on_epoch_end)
     finally:
+        for lock in reversed(locks):
+            lock.release()
         torch.set_num_threads(threads)
 
 
