@@ -191,3 +191,50 @@ def test_a_pending_seeds_commit_is_no_checkpoint_name(tmp_path, data_root):
         gencls.load_run(out, which="last.next")
     with pytest.raises(gencls.GenclsError, match=r"it has best, last\)"):
         gencls.load_run(out, which="epoch_0001")
+
+
+def test_a_seed_folder_resumed_alone_settles_its_pending_commit(tmp_path, data_root, monkeypatch):
+    """Killed after the seeds' commit mark was written: seed 1 resumed alone goes on from its
+    committed (newest) checkpoint, and a later resume of OUT never puts the stale last.next over
+    the newer work (nor does it where an older gencls left last.next beside a newer last)."""
+    full = gencls.train(cfg(tmp_path, "full", seeds=[1, 2], epochs=3), log=quiet)
+    real = trainer.atomic_write_json
+    commits = []
+
+    def killed(path, obj):
+        real(path, obj)
+        if Path(path).name == trainer.COMMIT:
+            commits.append(path)
+            if len(commits) == 2:
+                raise KeyboardInterrupt  # dies after the mark of epoch 2, before the files are renamed
+
+    monkeypatch.setattr(trainer, "atomic_write_json", killed)
+    with pytest.raises(gencls.GenclsError):
+        gencls.train(cfg(tmp_path, "part", seeds=[1, 2], epochs=3), log=quiet)
+    monkeypatch.setattr(trainer, "atomic_write_json", real)
+    part = tmp_path / "part"
+    ck1 = part / "seed-1" / "checkpoints"
+    assert (part / trainer.COMMIT).exists() and (ck1 / "last.next.safetensors").exists()
+    pending = {s: (ck1 / f"last.next{s}").read_bytes() for s in (".safetensors", ".json")}
+
+    gencls.train({"out": str(part / "seed-1"), "epochs": 3}, resume=True, log=quiet)
+    assert not (ck1 / "last.next.safetensors").exists()
+    assert read_checkpoint_meta(ck1 / "last.safetensors")["epoch"] == 3
+    assert rows(part / "seed-1") == rows(full / "seed-1")
+    newer = (ck1 / "last.safetensors").read_bytes()
+
+    # OUT's resume: seed 2 commits its epoch-2 checkpoint; seed 1 keeps its epoch-3 one
+    with pytest.raises(gencls.GenclsError, match="different points"):
+        gencls.train({"out": str(part)}, resume=True, log=quiet)
+    assert (ck1 / "last.safetensors").read_bytes() == newer
+    assert read_checkpoint_meta(part / "seed-2" / "checkpoints" / "last.safetensors")["epoch"] == 2
+
+    # a folder an older gencls left so: the stale last.next beside the newer last, and the mark
+    for suffix, blob in pending.items():
+        (ck1 / f"last.next{suffix}").write_bytes(blob)
+    real(part / trainer.COMMIT, {"seeds": [1, 2]})
+    gencls.train({"out": str(part / "seed-2"), "epochs": 3}, resume=True, log=quiet)
+    gencls.train({"out": str(part)}, resume=True, log=quiet)  # both at epoch 3: nothing to train
+    assert (ck1 / "last.safetensors").read_bytes() == newer and not (ck1 / "last.next.safetensors").exists()
+    for s in (1, 2):
+        assert rows(part / f"seed-{s}") == rows(full / f"seed-{s}")

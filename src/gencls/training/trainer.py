@@ -33,8 +33,8 @@ from gencls.errors import GenclsError, TrainingDiverged, TrainingStopped  # noqa
 from gencls.evaluation.metrics import predict_logits
 from gencls.methods import NonFiniteError, create_method
 from gencls.training import distributed
-from gencls.training.checkpoint import (checkpoint_bytes_estimate, parse_checkpoint, repair_json_copies,
-                                       save_checkpoint, validate_modules)
+from gencls.training.checkpoint import (checkpoint_bytes_estimate, parse_checkpoint, read_checkpoint_meta,
+                                       repair_json_copies, save_checkpoint, validate_modules)
 from gencls.training.runlog import RunLog, save_grid
 from gencls.utils import LOCK_NAME, FolderLock, atomic_write_json, autocast_for, read_json, remove_stale_temp_files
 
@@ -107,6 +107,7 @@ def _resolve_config(config: TrainConfig | dict, resume: bool) -> TrainConfig:
             if (out / f"seed-{saved.seeds[0]}" / "config.json").exists():
                 filled = TrainConfig.from_dict(read_json(out / f"seed-{saved.seeds[0]}" / "config.json"))
     else:
+        _settle_seed_alone(out)
         _check_out_dir(out, resume=True, overwrite=False)
         saved = TrainConfig.from_dict(read_json(out / "config.json"))
     _check_out_dir(out, resume=True, overwrite=False, seeds=saved.seeds)
@@ -150,15 +151,27 @@ def _settle_checkpoints(out: Path, seeds: list[int], commit: bool | None = None)
     elif commit:
         atomic_write_json(marker, {"seeds": seeds})
     for s in seeds:
-        ck = out / f"seed-{s}" / "checkpoints"
-        for suffix in (".json", ".safetensors"):  # the .safetensors file last: it is what a resume reads
-            pending = ck / f"{PENDING}{suffix}"
-            if pending.exists():
-                if commit:
-                    pending.replace(ck / f"last{suffix}")
-                else:
-                    pending.unlink()
+        _settle_one(out / f"seed-{s}" / "checkpoints", commit)
     marker.unlink(missing_ok=True)
+
+
+def _settle_one(ck: Path, commit: bool) -> None:
+    """One seed's part of ``_settle_checkpoints``: ``last.next`` becomes ``last`` (``commit``) or
+    goes. Never over a newer ``last``: one written since by the seed folder trained on its own
+    (by a gencls from before ``_settle_seed_alone``) is kept, and the stale ``last.next`` dropped."""
+    if commit and (ck / f"{PENDING}.safetensors").exists() and (ck / "last.safetensors").exists():
+        try:
+            commit = read_checkpoint_meta(ck / "last.safetensors")["step"] <= read_checkpoint_meta(
+                ck / f"{PENDING}.safetensors")["step"]
+        except (GenclsError, KeyError, TypeError):
+            pass  # not comparable: the mark decides
+    for suffix in (".json", ".safetensors"):  # the .safetensors file last: it is what a resume reads
+        pending = ck / f"{PENDING}{suffix}"
+        if pending.exists():
+            if commit:
+                pending.replace(ck / f"last{suffix}")
+            else:
+                pending.unlink()
 
 
 def _seeds_parent(out: Path) -> Path | None:
@@ -168,6 +181,18 @@ def _seeds_parent(out: Path) -> Path | None:
     except (GenclsError, AttributeError):
         return None
     return out.parent if isinstance(runs, list) and out.name in runs else None
+
+
+def _settle_seed_alone(out: Path) -> None:
+    """A seed folder resumed on its own (``--resume --out OUT/seed-S``) first settles its part of a
+    checkpoint commit of OUT that a kill interrupted, as a resume of OUT would: with OUT's mark its
+    ``last.next`` is its newest checkpoint and becomes ``last``; without, it was never committed and
+    goes. (Resumed from the older ``last`` instead, its new work would later be replaced by the
+    stale ``last.next`` when OUT is resumed.) The other seeds' files and the mark are left to that
+    resume of OUT; a trainer of OUT cannot run meanwhile (``_lock_run_folder``)."""
+    parent = _seeds_parent(out)
+    if parent is not None and (out / "checkpoints" / f"{PENDING}.safetensors").exists():
+        _settle_one(out / "checkpoints", commit=(parent / COMMIT).exists())
 
 
 # files a trainer alone writes in its run folder (temporary files of others', e.g. evaluate's ood.json, only when old)
