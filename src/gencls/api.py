@@ -108,14 +108,14 @@ def load_run(path: str | Path, which: str = "best", device: str = "cpu") -> Run:
     else:
         if not path.exists():
             raise InputError(f"{path}: no such run folder")
-        if not re.fullmatch(r"[\w.-]+", which) or which.startswith("."):
+        if not re.fullmatch(r"[\w-]+", which):  # no dots: last.next is a pending commit, not a checkpoint
             raise GenclsError(f"checkpoint {which!r}: a checkpoint name such as best, last or epoch_0010")
         ck_path, run_dir = path / "checkpoints" / f"{which}.safetensors", path
         if not ck_path.exists() and (path / "seeds.json").exists():
             runs = [str(path / name) for name in read_json(path / "seeds.json").get("runs", [])]
             raise InputError(f"{path}: holds one run per seed ({', '.join(runs)}); give one of them")
         if not ck_path.exists():
-            have = sorted(p.stem for p in (path / "checkpoints").glob("*.safetensors"))
+            have = sorted(p.stem for p in (path / "checkpoints").glob("*.safetensors") if "." not in p.stem)
             if which != "best" and have:
                 raise InputError(f"{path}: no checkpoint {which!r} (it has {', '.join(have)})")
             raise InputError(f"{path}: not a finished run ({ck_path.relative_to(path)} missing)")

@@ -154,9 +154,12 @@ def _run_one(train_cfg: dict, run_dir: str, jobs: int = 1) -> dict:
 
 def _result_is_current(run_dir: Path, result: dict) -> bool:
     """Whether result.json describes the run's best checkpoint now (a run resumed with ``train
-    --resume`` after compare finished it has a newer one)."""
+    --resume`` after compare finished it has a newer one). Read from the checkpoint's own header,
+    not best.json: a kill between their writes leaves best.json describing the previous best."""
+    from gencls.training.checkpoint import read_checkpoint_meta
+
     try:
-        meta = read_json(run_dir / "checkpoints" / "best.json")["meta"]
+        meta = read_checkpoint_meta(run_dir / "checkpoints" / "best.safetensors")
         return meta["epoch"] == result["best_epoch"]
     except (GenclsError, KeyError, TypeError):
         return True  # nothing to compare with: keep the result

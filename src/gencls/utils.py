@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -67,6 +70,130 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+# the temporary names of atomic_write_bytes: ".NAME." + mkstemp's 8 random characters + ".tmp"
+TEMP_NAME = re.compile(r"\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, owned=lambda path: True, min_age_s: float = 600.0) -> list[Path]:
+    """Remove the temporary files that atomic writes killed mid-way left in ``folder`` and below
+    (only names of ``TEMP_NAME``'s pattern). Call it holding the folder's ``FolderLock``: a temp
+    file whose target ``owned(target)`` is the lock holder's own is removed whatever its age; any
+    other (a file another command, e.g. ``evaluate``, may be writing right now) only once it is
+    ``min_age_s`` old. Returns the files removed."""
+    removed = []
+    for p in Path(folder).rglob(".*.tmp"):
+        m = TEMP_NAME.fullmatch(p.name)
+        if m is None or not p.is_file() or p.is_symlink():
+            continue
+        try:
+            if not owned(p.with_name(m["target"])) and time.time() - p.stat().st_mtime < min_age_s:
+                continue
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
+LOCK_NAME = ".gencls.lock"
+
+
+class FolderLock:
+    """An advisory lock (``flock``) on ``FOLDER/.gencls.lock``, not waited for: exclusive (the one
+    process that writes a run folder) or ``shared`` (several may hold it, none exclusively).
+
+    The lock is the kernel's: a process that dies releases it, so a lock file left behind never
+    blocks. Taking it creates the folder if need be; releasing it removes the lock file (when no
+    one else holds it) and a folder it created that stayed empty. Refused: ``GenclsError`` naming
+    the folder and, if known, the holder's pid. A folder where no lock file can be made (it is
+    not a folder, or cannot be written) is not locked: whatever writes there fails on its own."""
+
+    def __init__(self, folder: str | os.PathLike, shared: bool = False, what: str = "is training in"):
+        self.folder, self.shared, self.what = Path(folder), shared, what
+        self.path = self.folder / LOCK_NAME
+        self.fd: int | None = None
+        self.created: list[Path] = []  # folders made for the lock, innermost first
+
+    def acquire(self) -> "FolderLock":
+        missing = []
+        for p in (self.folder, *self.folder.parents):
+            if os.path.lexists(p):
+                break
+            missing.append(p)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return self  # not a folder / not writable: the run's own checks say so
+        self.created = missing
+        for _ in range(100):  # the file may be removed by its holder between our open and our flock
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+            except OSError:
+                self._remove_created()
+                return self
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            except OSError:
+                pid = self._holder(fd)
+                os.close(fd)
+                raise GenclsError(f"{self.folder}: another gencls process{f' (pid {pid})' if pid else ''} "
+                                  f"{self.what} this folder; wait for it to end (or stop it) and try again") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino
+            except OSError:
+                same = False
+            if not same:  # locked a file its holder has just removed: take the new one
+                os.close(fd)
+                continue
+            try:
+                os.ftruncate(fd, 0)  # an exclusive holder's pid; shared holders leave it empty
+                if not self.shared:
+                    os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError:
+                pass
+            self.fd = fd
+            return self
+        raise GenclsError(f"{self.folder}: could not lock {self.path}")
+
+    @staticmethod
+    def _holder(fd: int) -> int | None:
+        try:
+            text = os.pread(fd, 32, 0).decode().strip()
+            return int(text) if text.isdigit() else None
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        try:
+            # no one else holds it (a shared one, or a process that opened it just now): remove it
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino:
+                os.unlink(self.path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        self._remove_created()
+
+    def _remove_created(self) -> None:
+        for p in self.created:  # a folder made for the lock that nothing was written into
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        self.created = []
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> bool:
+        self.release()
+        return False
 
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:

@@ -70,6 +70,55 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], meta: dict[str, Any
     atomic_write_json(path.with_suffix(".json"), {k: v for k, v in doc.items() if k != "state"})
 
 
+def read_checkpoint_doc(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's JSON document (format, version, meta, state structure) from its header
+    alone, without reading the tensors. It is written in one file with them, so it is the
+    truth about them; the ``.json`` copy beside it can lag (a kill between the two writes)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= 2**30:
+                raise ValueError(f"header length {n}")
+            doc = json.loads(json.loads(f.read(n))["__metadata__"]["gencls"])
+        if not isinstance(doc, dict):
+            raise TypeError("metadata is not an object")
+    except FileNotFoundError:
+        raise InputError(f"{path}: checkpoint not found") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not a gencls checkpoint ({type(e).__name__}: {e})") from None
+    return doc
+
+
+def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's metadata (epoch, step, best, ...) from its own header (see ``read_checkpoint_doc``)."""
+    meta = read_checkpoint_doc(path).get("meta", {})
+    return meta if isinstance(meta, dict) else {}
+
+
+def repair_json_copies(ck_dir: str | Path) -> list[Path]:
+    """Rewrite each checkpoint's ``.json`` copy that does not say what its ``.safetensors`` file
+    holds (a kill between the two writes leaves the previous one's). Returns the files rewritten."""
+    fixed = []
+    for st in sorted(Path(ck_dir).glob("*.safetensors")):
+        try:
+            doc = read_checkpoint_doc(st)
+        except InputError:
+            continue
+        copy = {k: v for k, v in doc.items() if k != "state"}
+        js = st.with_suffix(".json")
+        try:
+            if json.loads(js.read_text()) == copy:
+                continue
+        except (OSError, ValueError):
+            pass
+        atomic_write_json(js, copy)
+        fixed.append(js)
+    return fixed
+
+
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Returns (state, meta). Raises ``InputError`` naming the file for anything malformed."""
     path = Path(path)

@@ -13,6 +13,7 @@ process trains on its slice of every batch, rank 0 alone validates, logs and wri
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import signal
 import threading
@@ -32,9 +33,10 @@ from gencls.errors import GenclsError, TrainingDiverged, TrainingStopped  # noqa
 from gencls.evaluation.metrics import predict_logits
 from gencls.methods import NonFiniteError, create_method
 from gencls.training import distributed
-from gencls.training.checkpoint import checkpoint_bytes_estimate, parse_checkpoint, save_checkpoint, validate_modules
+from gencls.training.checkpoint import (checkpoint_bytes_estimate, parse_checkpoint, read_checkpoint_meta,
+                                       repair_json_copies, save_checkpoint, validate_modules)
 from gencls.training.runlog import RunLog, save_grid
-from gencls.utils import atomic_write_json, autocast_for, read_json
+from gencls.utils import LOCK_NAME, FolderLock, atomic_write_json, autocast_for, read_json, remove_stale_temp_files
 
 # Settings a resumed run may change; everything else comes from the run's config.json.
 RESUMABLE_OVERRIDES = ("epochs", "minutes", "progress", "sample_every", "eval_every", "tensorboard",
@@ -58,7 +60,7 @@ def _check_out_dir(out: Path, resume: bool, overwrite: bool, seeds: list[int] | 
             if not (folder / "checkpoints" / "last.safetensors").exists():
                 raise GenclsError(f"--resume: {folder} has no checkpoint to resume from (checkpoints/last.safetensors missing)")
         return
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
         if not overwrite:
             raise GenclsError(f"--out {out}: the run folder exists and is not empty "
                               "(use --resume to continue it or --overwrite to start again)")
@@ -68,7 +70,13 @@ def _check_out_dir(out: Path, resume: bool, overwrite: bool, seeds: list[int] | 
 
 def _make_run_dir(out: Path, overwrite: bool, need_bytes: int) -> None:
     if overwrite and out.exists() and _looks_like_run(out):
-        shutil.rmtree(out)
+        for child in out.iterdir():  # all but the lock this process holds (see _lock_run_folder)
+            if child.name == LOCK_NAME:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -99,6 +107,7 @@ def _resolve_config(config: TrainConfig | dict, resume: bool) -> TrainConfig:
             if (out / f"seed-{saved.seeds[0]}" / "config.json").exists():
                 filled = TrainConfig.from_dict(read_json(out / f"seed-{saved.seeds[0]}" / "config.json"))
     else:
+        _settle_seed_alone(out)
         _check_out_dir(out, resume=True, overwrite=False)
         saved = TrainConfig.from_dict(read_json(out / "config.json"))
     _check_out_dir(out, resume=True, overwrite=False, seeds=saved.seeds)
@@ -142,15 +151,96 @@ def _settle_checkpoints(out: Path, seeds: list[int], commit: bool | None = None)
     elif commit:
         atomic_write_json(marker, {"seeds": seeds})
     for s in seeds:
-        ck = out / f"seed-{s}" / "checkpoints"
-        for suffix in (".json", ".safetensors"):  # the .safetensors file last: it is what a resume reads
-            pending = ck / f"{PENDING}{suffix}"
-            if pending.exists():
-                if commit:
-                    pending.replace(ck / f"last{suffix}")
-                else:
-                    pending.unlink()
+        _settle_one(out / f"seed-{s}" / "checkpoints", commit)
     marker.unlink(missing_ok=True)
+
+
+def _settle_one(ck: Path, commit: bool) -> None:
+    """One seed's part of ``_settle_checkpoints``: ``last.next`` becomes ``last`` (``commit``) or
+    goes. Never over a newer ``last``: one written since by the seed folder trained on its own
+    (by a gencls from before ``_settle_seed_alone``) is kept, and the stale ``last.next`` dropped."""
+    if commit and (ck / f"{PENDING}.safetensors").exists() and (ck / "last.safetensors").exists():
+        try:
+            commit = read_checkpoint_meta(ck / "last.safetensors")["step"] <= read_checkpoint_meta(
+                ck / f"{PENDING}.safetensors")["step"]
+        except (GenclsError, KeyError, TypeError):
+            pass  # not comparable: the mark decides
+    for suffix in (".json", ".safetensors"):  # the .safetensors file last: it is what a resume reads
+        pending = ck / f"{PENDING}{suffix}"
+        if pending.exists():
+            if commit:
+                pending.replace(ck / f"last{suffix}")
+            else:
+                pending.unlink()
+
+
+def _seeds_parent(out: Path) -> Path | None:
+    """OUT when ``out`` is OUT/seed-S, a seed folder of a run of several seeds (OUT/seeds.json lists it)."""
+    try:
+        runs = read_json(out.parent / "seeds.json").get("runs") if (out.parent / "seeds.json").is_file() else None
+    except (GenclsError, AttributeError):
+        return None
+    return out.parent if isinstance(runs, list) and out.name in runs else None
+
+
+def _settle_seed_alone(out: Path) -> None:
+    """A seed folder resumed on its own (``--resume --out OUT/seed-S``) first settles its part of a
+    checkpoint commit of OUT that a kill interrupted, as a resume of OUT would: with OUT's mark its
+    ``last.next`` is its newest checkpoint and becomes ``last``; without, it was never committed and
+    goes. (Resumed from the older ``last`` instead, its new work would later be replaced by the
+    stale ``last.next`` when OUT is resumed.) The other seeds' files and the mark are left to that
+    resume of OUT; a trainer of OUT cannot run meanwhile (``_lock_run_folder``)."""
+    parent = _seeds_parent(out)
+    if parent is not None and (out / "checkpoints" / f"{PENDING}.safetensors").exists():
+        _settle_one(out / "checkpoints", commit=(parent / COMMIT).exists())
+
+
+# files a trainer alone writes in its run folder (temporary files of others', e.g. evaluate's ood.json, only when old)
+_TRAINER_FILES = ("config.json", "split.json", "metrics.jsonl", "seeds.json", COMMIT)
+
+
+def _owned_by_trainer(target: Path) -> bool:
+    return target.parent.name in ("checkpoints", "samples") or target.name in _TRAINER_FILES
+
+
+def _out_of(config, resume: bool) -> Path | None:
+    """The run folder ``train`` was given (before its configuration is checked), if any."""
+    if isinstance(config, dict):
+        out = config.get("out", None if resume else TrainConfig.out)
+    else:
+        out = getattr(config, "out", None)
+    return Path(out) if isinstance(out, (str, Path)) and str(out) else None
+
+
+def _lock_run_folder(config, resume: bool) -> list[FolderLock]:
+    """Lock the run folder for this training (rank 0, before anything reads or changes it): one
+    trainer per folder, so two never interleave checkpoints and metrics, and ``--overwrite`` never
+    deletes a run another process trains. A seed folder OUT/seed-S trained on its own also holds
+    OUT's lock shared: seed folders may train alone side by side, not beside a trainer of OUT.
+    Then, under the lock, the temporary files of atomic writes a kill interrupted are removed and
+    the checkpoints' .json copies made to say what their .safetensors files hold."""
+    out = _out_of(config, resume)
+    if out is None:
+        return []
+    locks: list[FolderLock] = []
+    try:
+        parent = _seeds_parent(out)
+        if parent is not None:
+            locks.append(FolderLock(parent, shared=True).acquire())
+        locks.append(FolderLock(out).acquire())
+        if locks[-1].fd is not None:
+            try:
+                remove_stale_temp_files(out, owned=_owned_by_trainer)
+                for ck in (out / "checkpoints", *sorted(out.glob("*/checkpoints"))):  # a seeds run: its seeds'
+                    if ck.is_dir():
+                        repair_json_copies(ck)  # a .json copy a kill left describing the previous checkpoint
+            except OSError:
+                pass  # tidying only: a folder that cannot be written fails where the run writes
+    except BaseException:
+        for lock in reversed(locks):
+            lock.release()
+        raise
+    return locks
 
 
 def _subset_indices(n: int, subset: int | None, data_seed: int) -> torch.Tensor | None:
@@ -362,10 +452,14 @@ def train(config: TrainConfig | dict, resume: bool = False, overwrite: bool = Fa
     rank 0 alone logs, validates, writes the run folder and calls ``on_epoch_end``.
     """
     threads = torch.get_num_threads()  # --threads applies to this training only
+    locks: list[FolderLock] = []
     try:
         with distributed.process_group() as ddp:
+            ddp.on_main(lambda: locks.extend(_lock_run_folder(config, resume)))  # held until the end
             return _train(ddp, config, resume, overwrite, log if ddp.is_main else (lambda s: None), on_epoch_end)
     finally:
+        for lock in reversed(locks):
+            lock.release()
         torch.set_num_threads(threads)
 
 
@@ -559,7 +653,8 @@ class _Run:
                     names = (f"epoch_{epoch:04d}", *names)
                 self.write_checkpoint(epoch, 0, step, {}, names, val_error, rngs)
                 if cfg.keep:
-                    for old in sorted(self.ck_dir.glob("epoch_*.safetensors"))[: -cfg.keep]:
+                    kept = [p for p in self.ck_dir.glob("epoch_*.safetensors") if re.fullmatch(r"epoch_\d+", p.stem)]
+                    for old in sorted(kept, key=lambda p: int(p.stem[6:]))[: -cfg.keep]:  # by number: epoch_10000 last
                         old.unlink(missing_ok=True)
                         old.with_suffix(".json").unlink(missing_ok=True)
             if method.can_generate and cfg.sample_every and (epoch % cfg.sample_every == 0 or final):
