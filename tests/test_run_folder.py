@@ -238,3 +238,53 @@ def test_a_seed_folder_resumed_alone_settles_its_pending_commit(tmp_path, data_r
     assert (ck1 / "last.safetensors").read_bytes() == newer and not (ck1 / "last.next.safetensors").exists()
     for s in (1, 2):
         assert rows(part / f"seed-{s}") == rows(full / f"seed-{s}")
+
+
+def test_a_refused_out_folder_keeps_its_temporary_files(tmp_path, data_root):
+    """--out a folder that is no run (a home folder, say): refused as not empty, and the
+    temporary files of other programs in it and below it are left alone."""
+    home = tmp_path / "home"
+    theirs = [home / "proj" / "checkpoints" / ".model.safetensors.abcd1234.tmp",
+              home / "other" / ".config.json.Xyz12345.tmp"]
+    for p in theirs:
+        p.parent.mkdir(parents=True)
+        p.write_text("in progress")
+    (home / "notes.txt").write_text("notes")
+    with pytest.raises(gencls.GenclsError, match="not empty"):
+        gencls.train(cfg(tmp_path, "home"), log=quiet)
+    assert all(p.exists() for p in theirs)
+    assert not (home / ".gencls.lock").exists()
+
+
+def test_a_filesystem_without_flock_trains_unlocked(tmp_path, data_root, monkeypatch):
+    """flock unsupported by the filesystem (ENOLCK on NFS without a lock daemon, EOPNOTSUPP on
+    some FUSE mounts) is no "another gencls process": the folder trains, unlocked."""
+    import errno
+
+    import gencls.utils as utils
+
+    def unsupported(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(utils.fcntl, "flock", unsupported)
+    out = gencls.train(cfg(tmp_path, "nfs"), log=quiet)
+    assert [r["epoch"] for r in read_metrics(out)] == [1]
+    assert not (out / ".gencls.lock").exists()
+    lock = FolderLock(tmp_path / "new" / "folder").acquire()
+    assert lock.fd is None and not (tmp_path / "new").exists()
+
+
+def test_gencls_imports_and_trains_without_fcntl(tmp_path, data_root):
+    """No fcntl (Windows): gencls imports, and a run folder trains without a lock."""
+    code = ("import sys; sys.modules['fcntl'] = None\n"
+            "import gencls\n"
+            "from gencls.utils import FolderLock\n"
+            "assert FolderLock(sys.argv[1]).acquire().fd is None\n"
+            "from gencls.cli import main\n"
+            "sys.exit(main(['train', *sys.argv[2:]]))\n")
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(gencls.__file__).resolve().parents[1]), "GENCLS_DATA": str(data_root)}
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x"), *DIGITS, "--epochs", "1", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    assert [m["epoch"] for m in read_metrics(out)] == [1]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import errno
 import json
 import os
 import re
@@ -11,6 +11,11 @@ import time
 from pathlib import Path
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so FolderLock takes no lock there (see its docstring)
+    fcntl = None
 
 from gencls.errors import GenclsError
 
@@ -108,7 +113,9 @@ class FolderLock:
     blocks. Taking it creates the folder if need be; releasing it removes the lock file (when no
     one else holds it) and a folder it created that stayed empty. Refused: ``GenclsError`` naming
     the folder and, if known, the holder's pid. A folder where no lock file can be made (it is
-    not a folder, or cannot be written) is not locked: whatever writes there fails on its own."""
+    not a folder, or cannot be written) is not locked: whatever writes there fails on its own; nor
+    is one where the platform (no ``fcntl``: Windows) or the filesystem (``flock`` unsupported,
+    e.g. some NFS or FUSE mounts) has no such lock."""
 
     def __init__(self, folder: str | os.PathLike, shared: bool = False, what: str = "is training in"):
         self.folder, self.shared, self.what = Path(folder), shared, what
@@ -117,6 +124,8 @@ class FolderLock:
         self.created: list[Path] = []  # folders made for the lock, innermost first
 
     def acquire(self) -> "FolderLock":
+        if fcntl is None:
+            return self  # no flock on this platform: not locked
         missing = []
         for p in (self.folder, *self.folder.parents):
             if os.path.lexists(p):
@@ -128,6 +137,7 @@ class FolderLock:
             return self  # not a folder / not writable: the run's own checks say so
         self.created = missing
         for _ in range(100):  # the file may be removed by its holder between our open and our flock
+            existed = os.path.lexists(self.path)  # a lock file not made here is left as it is
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
             except OSError:
@@ -135,7 +145,14 @@ class FolderLock:
                 return self
             try:
                 fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-            except OSError:
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    # flock unsupported here (ENOLCK, EOPNOTSUPP, ENOSYS, ...): not locked
+                    os.close(fd)
+                    if not existed:
+                        self._unlink_quietly()
+                    self._remove_created()
+                    return self
                 pid = self._holder(fd)
                 os.close(fd)
                 raise GenclsError(f"{self.folder}: another gencls process{f' (pid {pid})' if pid else ''} "
@@ -179,6 +196,12 @@ class FolderLock:
         finally:
             os.close(fd)
         self._remove_created()
+
+    def _unlink_quietly(self) -> None:
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
 
     def _remove_created(self) -> None:
         for p in self.created:  # a folder made for the lock that nothing was written into

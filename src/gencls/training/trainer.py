@@ -228,7 +228,9 @@ def _lock_run_folder(config, resume: bool) -> list[FolderLock]:
         if parent is not None:
             locks.append(FolderLock(parent, shared=True).acquire())
         locks.append(FolderLock(out).acquire())
-        if locks[-1].fd is not None:
+        # only a run folder's: --out may be any folder (a home folder, refused a moment later as not
+        # empty), and its other programs' temporary files are none of ours to delete
+        if locks[-1].fd is not None and _looks_like_run(out):
             try:
                 remove_stale_temp_files(out, owned=_owned_by_trainer)
                 for ck in (out / "checkpoints", *sorted(out.glob("*/checkpoints"))):  # a seeds run: its seeds'
