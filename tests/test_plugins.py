@@ -258,3 +258,34 @@ def test_example_learns_from_unlabelled_digits(example, tmp_path):
     assert min(errors[1:]) < errors[0] and min(errors) < 0.15, errors  # chance is 0.9
     assert entropies[-1] < 0.5 * entropies[0], entropies
     assert gencls.evaluate(out, log=lambda s: None)["error"] < 0.15
+
+
+def test_a_plugin_with_its_own_stack_trains_with_stack_seeds_on(site, tmp_path):
+    """README: a method's optional ``stack`` gives --stack-seeds; one that defines ``stack`` (and
+    not ``can_stack``) is not refused before its ``stack`` is asked."""
+    ns = {}
+    exec(TOY.format(name="toy-stack"), ns)
+    toy = ns["Toy"]
+    calls = []
+
+    class Looped:  # a "batched" step: each copy's step in turn, the losses stacked (S,)
+        def __init__(self, methods):
+            self.methods = methods
+
+        def train_step(self, x_lab, y_lab, x_unl=None):
+            calls.append(len(self.methods))
+            out = [m.train_step(x_lab[s], y_lab[s]) for s, m in enumerate(self.methods)]
+            return {k: torch.stack([o[k] for o in out]) for k in out[0]}
+
+    @register_method
+    class ToyStack(toy):
+        name = "toy-stacked"
+
+        @classmethod
+        def stack(cls, methods, guard):
+            return Looped(methods)
+
+    out = gencls.train(method="toy-stacked", out=str(tmp_path / "run"), seeds=[1, 2], stack_seeds="on",
+                       **{k: v for k, v in SMALL.items() if k != "seed"}, log=lambda s: None)
+    assert calls and set(calls) == {2}
+    assert (out / "seed-1" / "checkpoints" / "best.safetensors").exists()

@@ -251,8 +251,9 @@ class Method(nn.Module):
 
     @classmethod
     def can_stack(cls, methods: list["Method"]) -> bool:
-        """Whether ``stack(methods, ...)`` gives a batched step (no side effects)."""
-        return False
+        """Whether ``stack(methods, ...)`` gives a batched step (no side effects). By default:
+        whether the class defines ``stack`` (a method that does, and not this, is asked ``stack``)."""
+        return cls.stack.__func__ is not Method.stack.__func__
 
     @classmethod
     def stack(cls, methods: list["Method"], guard: StepGuard):
