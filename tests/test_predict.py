@@ -174,3 +174,20 @@ def test_evaluating_validation_rows_of_a_changed_folder_is_refused(tmp_path, mni
     notes = []
     cal = gencls.api.ood_calibration(gencls.load_run(run_dir), log=notes.append)
     assert cal["threshold"] is None and any("changed since" in n for n in notes)
+
+
+def test_evaluate_cli_into_a_folder_it_cannot_write_does_not_say_it_wrote(tmp_path, data_root, capsys):
+    from gencls.cli import main
+
+    run = gencls.train(gencls.TrainConfig(method="supervised", dataset="digits", epochs=1, out=str(tmp_path / "run"),
+                                          progress=False, tensorboard=False, device="cpu", sample_every=0, threads=1),
+                       log=lambda s: None)
+    (run / "eval.json").mkdir()  # stands in for a read-only folder (the tests run as root)
+    assert main(["evaluate", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "could not write" in out and "wrote" not in out.replace("could not write", ""), out
+    (run / "eval.json").rmdir()
+    assert main(["evaluate", str(run)]) == 0
+    assert f"wrote {run / 'eval.json'}" in capsys.readouterr().out
+    assert main(["evaluate", str(run)]) == 0  # written again over the first
+    assert f"wrote {run / 'eval.json'}" in capsys.readouterr().out

@@ -353,6 +353,8 @@ def cmd_evaluate(args) -> int:
     if not args.generation and args.n is not None:
         raise GenclsError("--n applies to --generation only")
     run = load_run(args.run, device=args.device)
+    name = "eval.json" if args.split == "test" else f"eval_{args.split}.json"
+    before = _inode(run.path / name) if run.path is not None else None
     r = evaluate(run, split=args.split, data_root=args.data_root, ood=tuple(dict.fromkeys(args.ood)),
                  generation=args.generation, n=args.n or 10000, seed=args.seed, cas_epochs=args.cas_epochs,
                  feature_net=args.feature_net)
@@ -381,10 +383,17 @@ def cmd_evaluate(args) -> int:
         if g["label_consistency_per_class"]:
             print("label consistency per class: " + "  ".join(
                 f"{c}: {100 * a:.1f}%" for c, a in g["label_consistency_per_class"].items()))
-    if run.path is not None:
-        name = "eval.json" if args.split == "test" else f"eval_{args.split}.json"
+    after = _inode(run.path / name) if run.path is not None else None
+    if after is not None and after != before:  # written anew (not a read-only folder: evaluate said so)
         print(f"wrote {run.path / name} and the confusion matrix plot")
     return 0
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return None
 
 
 def cmd_generate(args) -> int:
