@@ -90,23 +90,25 @@ def test_generate_cli(runs, tmp_path):
     assert proc.returncode == 0, proc.stderr
     proc = gencls_cli("generate", run, "--class", "3", "--n", "5", "--out-dir", tmp_path / "threes", "--seed", "1")
     assert proc.returncode == 0, proc.stderr
-    files = sorted(p.name for p in (tmp_path / "threes").iterdir())
+    files = sorted(p.name for p in (tmp_path / "threes").glob("*.png"))
     assert files == [f"{i:05d}_3.png" for i in range(5)]
     assert Image.open(tmp_path / "threes" / files[0]).size == (28, 28)
     # --seed makes the files repeatable
     gencls_cli("generate", run, "--class", "3", "--n", "5", "--out-dir", tmp_path / "again", "--seed", "1")
     assert (tmp_path / "again" / files[2]).read_bytes() == (tmp_path / "threes" / files[2]).read_bytes()
     proc = gencls_cli("generate", runs["improved-gan"], "--n", "3", "--out-dir", tmp_path / "igan")
-    assert proc.returncode == 0 and all("_pred-" in p.name for p in (tmp_path / "igan").iterdir())
+    assert proc.returncode == 0 and all("_pred-" in p.name for p in (tmp_path / "igan").glob("*.png"))
     # a folder holding an earlier call's images: refused (the new ones would mix with them) ...
     (tmp_path / "threes" / "notes.txt").write_text("mine")
+    (tmp_path / "threes" / "20240101_123456.png").write_bytes(b"a photo named by its date")  # not ours
     proc = gencls_cli("generate", run, "--class", "7", "--n", "2", "--out-dir", tmp_path / "threes")
     assert proc.returncode == 2 and "holds 5 generated image(s) of an earlier call (00000_3.png" in proc.stderr
-    assert "Traceback" not in proc.stderr and len(list((tmp_path / "threes").iterdir())) == 6
-    # ... and replaced with --overwrite; other files in the folder stay
+    assert "Traceback" not in proc.stderr and len(list((tmp_path / "threes").iterdir())) == 8
+    # ... and replaced with --overwrite: only the files gencls wrote there (it lists them)
     proc = gencls_cli("generate", run, "--class", "7", "--n", "2", "--out-dir", tmp_path / "threes", "--overwrite")
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in (tmp_path / "threes").iterdir()) == ["00000_7.png", "00001_7.png", "notes.txt"]
+    assert sorted(p.name for p in (tmp_path / "threes").iterdir()) == [
+        ".gencls-generated.json", "00000_7.png", "00001_7.png", "20240101_123456.png", "notes.txt"]
 
 
 def test_evaluate_generation_cli_writes_eval_json(runs, small_feature_net):

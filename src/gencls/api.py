@@ -527,15 +527,19 @@ def _file_safe(name: str) -> str:
     return re.sub(r"[^\w.+-]+", "_", name).strip(".") or "_"
 
 
-_GENERATED_FILE = re.compile(r"\d{5,}_.+\.png")  # write_images's names: 00000_7.png, 00012_pred-cat.png
+GENERATED_LIST = ".gencls-generated.json"  # what write_images wrote into a folder: the files it may replace
 
 
 def generated_files(out_dir: str | Path) -> list[Path]:
-    """The files an earlier ``write_images`` left in ``out_dir`` (by their names), sorted."""
+    """The files an earlier ``write_images`` wrote in ``out_dir`` (listed in its ``.gencls-generated.json``)
+    that are still there, sorted. Files it did not write are never among them, whatever their names."""
     out = Path(out_dir)
-    if not out.is_dir():
+    try:
+        names = read_json(out / GENERATED_LIST)["files"]
+    except (GenclsError, KeyError, TypeError):  # no list (or not ours): nothing there is ours
         return []
-    return sorted(p for p in out.iterdir() if _GENERATED_FILE.fullmatch(p.name) and p.is_file())
+    safe = {n for n in names if isinstance(n, str) and n == Path(n).name and n.endswith(".png")}
+    return sorted(out / n for n in safe if (out / n).is_file())
 
 
 def check_out_dir(out_dir: str | Path, overwrite: bool = False) -> None:
@@ -554,8 +558,9 @@ def write_images(run: Run | str | Path, images: torch.Tensor, out_dir: str | Pat
                  labels: torch.Tensor | list[int] | None = None, overwrite: bool = False) -> list[Path]:
     """One PNG per image in ``out_dir``, named with its class: ``00000_7.png`` for the class it was
     generated as, or ``00000_pred-7.png`` (the run's own classifier's prediction) when unconditional.
-    A folder holding an earlier call's images is refused, or with ``overwrite`` they are deleted first
-    (only files named like these; anything else in the folder stays)."""
+    A folder holding an earlier call's images is refused, or with ``overwrite`` they are deleted first:
+    only the files an earlier call wrote (listed in the folder's ``.gencls-generated.json``); anything
+    else in the folder stays, even if named like these."""
     from torchvision.utils import save_image
 
     run = _as_run(run)
@@ -568,9 +573,10 @@ def write_images(run: Run | str | Path, images: torch.Tensor, out_dir: str | Pat
         names = ["pred-" + c for c in run.predict_classes(images)]
     for old in generated_files(out):
         old.unlink(missing_ok=True)
-    paths = []
-    for i, (img, name) in enumerate(zip(images, names)):
-        p = out / f"{i:05d}_{_file_safe(name)}.png"  # class names may hold "/" (Fashion-MNIST's T-shirt/top)
+    # class names may hold "/" (Fashion-MNIST's T-shirt/top)
+    paths = [out / f"{i:05d}_{_file_safe(name)}.png" for i, name in enumerate(names[: len(images)])]
+    # listed before writing: a call stopped half-way still owns what it wrote
+    atomic_write_json(out / GENERATED_LIST, {"files": [p.name for p in paths]})
+    for img, p in zip(images, paths):
         save_image(img.float().clamp(0, 1), str(p))
-        paths.append(p)
     return paths
