@@ -131,3 +131,24 @@ def test_a_feature_net_of_another_shape_is_refused(small_feature_net, data_root)
     with pytest.raises(GenclsError, match="makes 1x32x32 images, the feature network takes 1x28x28"):
         generation_report(m, [str(i) for i in range(10)], small_feature_net, "mnist", data_root, n=50,
                           image_size=32, log=lambda s: None)
+
+
+def test_a_data_root_that_cannot_be_written_still_measures(tmp_path, data_root, monkeypatch, capsys):
+    """The feature network trained for a read-only data root is used uncached (and said so), not lost
+    with the evaluation; `metrics prepare`, whose only job is the cache, fails in one line."""
+    from gencls.cli import main
+
+    def refuse(path, *a, **k):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(featurenet, "atomic_write_bytes", refuse)
+    monkeypatch.setattr(featurenet, "atomic_write_json", refuse)
+    lines = []
+    fnet = featurenet.load("digits", data_root, cache_dir=tmp_path / "ro", log=lines.append, epochs=1, min_steps=0)
+    assert any("NOT cached" in s and "writable --data-root" in s for s in lines), lines
+    assert 0 <= fnet.info["test_accuracy"] <= 1 and not (tmp_path / "ro").exists()
+    feats, labels = featurenet.real_features(fnet, "digits", data_root, log=lambda s: None)
+    assert feats.shape == (359, fnet.info["num_features"]) and len(labels) == 359
+    monkeypatch.setattr(featurenet, "RECIPE", {**featurenet.RECIPE, "epochs": 1, "min_steps": 0})
+    assert main(["metrics", "prepare", "--dataset", "digits", "--data-root", str(tmp_path / "ro2")]) == 2
+    assert "could not be written" in capsys.readouterr().err

@@ -447,6 +447,8 @@ def cmd_metrics(args) -> int:
         torch.set_num_threads(args.threads)
     info = prepare_metrics(args.dataset, args.data_root, force=args.force, device=args.device,
                            image_size=args.image_size, channels=args.channels)
+    if not Path(info["path"]).is_file():  # trained, but the data root is not writable: nothing prepared
+        raise GenclsError(f"{info['path']}: the feature network could not be written; give a writable --data-root")
     how = "cached, was trained" if info.get("cached") else "trained"
     print(f"feature network for {info['dataset']}: test accuracy {100 * info['test_accuracy']:.2f}%, "
           f"{how} in {info['train_seconds']:.0f}s on {info['device']} ({info['threads']} threads), "

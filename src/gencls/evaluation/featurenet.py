@@ -245,17 +245,26 @@ def prepare(dataset: str = "mnist", data_root: str | Path | None = None, force: 
     pred = batched(lambda b: net(b).argmax(1), test.images.float().div_(255), device=device).long()
     acc = float((pred == test.labels).float().mean())
     blob = save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()})
-    atomic_write_bytes(path, blob)
     info = {"dataset": dataset, "version": VERSION, "file": path.name, "sha256": hashlib.sha256(blob).hexdigest(),
             "test_accuracy": acc, "test_images": int(len(test)), "train_seconds": seconds, "train_images": int(len(y)),
             "recipe": settings, "classes": train.classes, "image_shape": list(train.image_shape),
             "num_features": net.num_features, "device": str(device), "threads": torch.get_num_threads()}
     if folder:
         info.update(fingerprint=train.fingerprint, folder_test_rule=folder_test_rule)
-    atomic_write_json(path.with_suffix(".json"), info)
+    try:
+        atomic_write_bytes(path, blob)
+        atomic_write_json(path.with_suffix(".json"), info)
+        where = f"cached at {path}"
+    except OSError as e:  # a read-only data root: the network is still used, by this process only
+        where = f"NOT cached: cannot write {path.parent} ({e.strerror or e}); give a writable --data-root to keep it"
+        _UNCACHED[str(path)] = (info, net.cpu())
     log(f"feature network: test accuracy {100 * acc:.2f}% ({len(test)} test images), trained in {seconds:.0f}s, "
-        f"cached at {path}")
+        f"{where}")
     return {**info, "path": str(path), "cached": False}
+
+
+# networks trained in this process that could not be written to their cache (path -> (info, net))
+_UNCACHED: dict[str, tuple[dict, ConvClassifier]] = {}
 
 
 def _schedule(recipe: dict, n: int) -> dict:
@@ -278,7 +287,12 @@ def load(dataset: str = "mnist", data_root: str | Path | None = None, device: st
          log: Callable[[str], None] = print, cache_dir: str | Path | None = None, **kw) -> FeatureNet:
     """The cached feature network of ``dataset`` (trained first if missing), its checksum verified.
     ``kw``: ``prepare``'s data conversion (image_size, channels, folder_test_rule) and recipe."""
-    return load_path(prepare(dataset, data_root, device=device, log=log, cache_dir=cache_dir, **kw)["path"], device)
+    info = prepare(dataset, data_root, device=device, log=log, cache_dir=cache_dir, **kw)
+    if not Path(info["path"]).is_file() and info["path"] in _UNCACHED:
+        saved, net = _UNCACHED[info["path"]]
+        return FeatureNet(net.to(device).eval(), {**saved, "path": info["path"], "cached": False},
+                          list(saved["classes"]))
+    return load_path(info["path"], device)
 
 
 def load_path(path: str | Path, device: str | torch.device = "cpu") -> FeatureNet:
@@ -321,5 +335,9 @@ def real_features(fnet: FeatureNet, dataset: str, data_root: str | Path | None =
         raise GenclsError(f"the feature network takes {'x'.join(map(str, fnet.info['image_shape']))} images, the "
                           f"{dataset} test images are {'x'.join(map(str, test.image_shape))}")
     feats = fnet.features(test.images.float().div_(255))
-    atomic_write_bytes(path, save({"features": feats.contiguous(), "labels": test.labels.contiguous()}, metadata=key))
+    try:
+        atomic_write_bytes(path, save({"features": feats.contiguous(), "labels": test.labels.contiguous()},
+                                      metadata=key))
+    except OSError:  # a read-only data root: computed again next time
+        pass
     return feats, test.labels
