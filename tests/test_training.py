@@ -91,6 +91,18 @@ def test_settings_changed_on_resume_are_kept_by_the_next_resume(tmp_path, data_r
         gencls.train({"out": str(out), "image_size": "32"}, resume=True, log=lambda s: None)
 
 
+def test_resume_with_a_trainconfig_keeps_the_runs_settings_it_leaves_at_their_defaults(tmp_path, data_root):
+    """gencls.train(TrainConfig(out=..., epochs=2), resume=True): the settings given (epochs, threads)
+    apply; those left at TrainConfig's defaults do not undo the run's own (eval_every 2, not 1)."""
+    small = dict(method="supervised", subset=600, val_size=100, batch_size=50, method_config={"hidden": [32]})
+    out = gencls.train(cfg(tmp_path, "t", epochs=1, eval_every=2, **small), log=lambda s: None)
+    gencls.train(gencls.TrainConfig(out=str(out), epochs=3, threads=1, progress=False, tensorboard=False),
+                 resume=True, log=lambda s: None)
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["eval_every"] == 2 and saved["epochs"] == 3 and saved["threads"] == 1
+    assert [r["epoch"] for r in read_metrics(out) if r.get("val_error") is not None] == [1, 2, 3]
+
+
 def test_sample_grid_after_the_last_epoch(tmp_path, data_root):
     out = gencls.train(cfg(tmp_path, "s", epochs=2, sample_every=5, subset=600, val_size=100,
                            method_config={"hidden": [32, 32], "nz": 8}), log=lambda s: None)

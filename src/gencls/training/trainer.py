@@ -18,7 +18,7 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -92,10 +92,17 @@ def _make_run_dir(out: Path, overwrite: bool, need_bytes: int) -> None:
 
 def _resolve_config(config: TrainConfig | dict, resume: bool) -> TrainConfig:
     """The run's configuration. On resume, the saved config.json wins, except RESUMABLE_OVERRIDES
-    given explicitly (a dict holds only what the user gave; a TrainConfig gives them all)."""
+    and HOW_TO_RUN given explicitly: a dict holds only what the user gave; of a TrainConfig, the
+    fields that differ from TrainConfig's defaults (its defaults would otherwise undo the run's
+    own settings: ``--precision bf16`` back to fp32, ``--eval-every 5`` back to 1)."""
     if not resume:
         return (TrainConfig.from_dict(config, saved=False) if isinstance(config, dict) else replace(config)).validate()
-    given = dict(config) if isinstance(config, dict) else {k: getattr(config, k) for k in ("out", *RESUMABLE_OVERRIDES)}
+    if isinstance(config, dict):
+        given = dict(config)
+    else:
+        default = {f.name: f.default for f in fields(TrainConfig)}
+        given = {"out": config.out, **{k: getattr(config, k) for k in (*RESUMABLE_OVERRIDES, *HOW_TO_RUN)
+                                       if getattr(config, k) != default.get(k)}}
     if "out" not in given:
         raise GenclsError("--resume needs --out RUN")
     out = Path(given["out"])
@@ -439,7 +446,8 @@ def train(config: TrainConfig | dict, resume: bool = False, overwrite: bool = Fa
     """Train a method as configured; returns the run folder.
 
     With ``resume=True``, ``config`` may be a dict holding only ``out`` and the settings to change
-    (see ``RESUMABLE_OVERRIDES``). ``on_epoch_end(record, method)`` is called after each epoch's
+    (see ``RESUMABLE_OVERRIDES`` and ``HOW_TO_RUN``), or a TrainConfig, of which the fields that
+    differ from TrainConfig's defaults change (to set one back to its default, pass a dict). ``on_epoch_end(record, method)`` is called after each epoch's
     metrics are written (used by benchmarks).
 
     With ``seeds`` (``--seeds 1,2,3``) the seeds train together in one process, each into its own
