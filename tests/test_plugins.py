@@ -196,6 +196,17 @@ def test_broken_plugin_is_one_line_and_the_rest_works(site, tmp_path, capsys):
     proc = cli(site, "train", "--method", "half-registered", "--out", str(tmp_path / "r"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.splitlines()[-1].startswith("gencls: error: unknown method 'half-registered'"), proc.stderr
+    # commands that use no method neither import the plugins nor warn (nor import PyTorch)
+    for args in (["--version"], ["data", "fetch", "--help"]):
+        proc = cli(site, *args)
+        assert proc.returncode == 0 and proc.stderr == "", (args, proc.stderr)
+    proc = subprocess.run([sys.executable, "-c", "import sys; from gencls.cli import main\n"
+                           "try: main(['--version'])\nexcept SystemExit: pass\n"
+                           "print('torch' in sys.modules, 'broken_mod' in sys.modules)"],
+                          capture_output=True, text=True, timeout=60, env=env_with(site))
+    assert proc.stdout.split()[-2:] == ["False", "False"], proc.stdout + proc.stderr
+    proc = cli(site, "train", "--help")  # the help lists the methods: the plugins load there
+    assert proc.returncode == 0 and "toy-plugin" in "".join(proc.stdout.split()) and proc.stderr.count("\n") == 1
 
 
 def test_a_name_that_exists_is_refused(site, capsys):

@@ -12,8 +12,36 @@ from pathlib import Path
 from gencls.errors import GenclsError, TrainingStopped
 
 
+def _names(kind: str) -> str:
+    """The registered methods or datasets, for a help text being printed (not when the parser is
+    built: that would import PyTorch and every method plugin for `gencls --version` too)."""
+    try:
+        if kind == "methods":
+            from gencls.methods import list_methods as names
+        else:
+            from gencls.data import list_datasets as names
+    except ImportError:  # no PyTorch here: only `predict --onnx` can work
+        return "(needs PyTorch)"
+    return ", ".join(names())
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Fills ``{METHODS}`` and ``{DATASETS}`` in a help text when the help is shown."""
+
+    def _get_help_string(self, action):
+        text = super()._get_help_string(action) or ""
+        for kind in ("methods", "datasets"):
+            if "{" + kind.upper() + "}" in text:
+                text = text.replace("{" + kind.upper() + "}", _names(kind))
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line (plus where to look) and exits 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -112,14 +140,6 @@ def _method_setting(value: str) -> tuple[str, str, object]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    try:
-        from gencls.data import list_datasets
-        from gencls.methods import list_methods
-    except ImportError:  # no PyTorch here: only `predict --onnx` can work
-        def list_methods():
-            return ["(needs PyTorch)"]
-        list_datasets = list_methods
-
     p = _Parser(prog="gencls", description="Generative image classification: train, evaluate, generate, predict.")
     p.add_argument("--version", action="version", version=f"gencls {__import__('gencls').__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -133,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a method",
                        description="Train a method. With --resume only --out and the settings that may change "
                                    "in a running run (epochs, minutes, checkpointing, device) are read.")
-    t.add_argument("--method", help=f"one of: {', '.join(list_methods())} (default improved-gan)")
-    t.add_argument("--dataset", help=f"one of: {', '.join(list_datasets())}, or folder:PATH for your own images "
+    t.add_argument("--method", help=f"one of: {{METHODS}} (default improved-gan)")
+    t.add_argument("--dataset", help=f"one of: {{DATASETS}}, or folder:PATH for your own images "
                    "(default mnist)")
     t.add_argument("--labels", type=_labels, help="labelled training images, balanced, or 'all' (default 100; "
                    "folder:PATH with PATH/labelled/: all)")
@@ -229,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     mt = sub.add_parser("metrics", help="the feature networks of the generation metrics")
     msub = mt.add_subparsers(dest="metrics_command", metavar="ACTION", parser_class=_Parser)
     mp = msub.add_parser("prepare", help="train and cache a dataset's feature network (once)")
-    mp.add_argument("--dataset", default="mnist", help=f"one of: {', '.join(list_datasets())}")
+    mp.add_argument("--dataset", default="mnist", help=f"one of: {{DATASETS}}")
     mp.add_argument("--data-root", help="data root (default: $GENCLS_DATA, else ~/.cache/gencls)")
     mp.add_argument("--image-size", metavar="N|HxW", help="as a run's --image-size (default: the dataset's)")
     mp.add_argument("--channels", type=int, choices=(1, 3), help="as a run's --channels (default: the dataset's)")
@@ -273,9 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="uvicorn's log level (info logs every request)")
 
     c = sub.add_parser("compare", help="train and evaluate several methods over several seeds, side by side")
-    c.add_argument("--methods", help=f"comma-separated, any of: {', '.join(list_methods())} (default: all five, "
+    c.add_argument("--methods", help=f"comma-separated, any of: {{METHODS}} (default: all five, "
                                      "improved-gan,acgan,vae-m2,aae,supervised)")
-    c.add_argument("--dataset", default="mnist", help=f"one of: {', '.join(list_datasets())}")
+    c.add_argument("--dataset", default="mnist", help=f"one of: {{DATASETS}}")
     c.add_argument("--labels", type=_labels, default=100)
     c.add_argument("--seeds", type=_positive_int, default=3,
                    help="seeds 1..N; seed s also draws the labelled split (the same for every method)")
