@@ -152,3 +152,30 @@ def test_a_data_root_that_cannot_be_written_still_measures(tmp_path, data_root, 
     monkeypatch.setattr(featurenet, "RECIPE", {**featurenet.RECIPE, "epochs": 1, "min_steps": 0})
     assert main(["metrics", "prepare", "--dataset", "digits", "--data-root", str(tmp_path / "ro2")]) == 2
     assert "could not be written" in capsys.readouterr().err
+
+
+def test_two_processes_asking_for_one_feature_net_train_it_once(tmp_path, data_root):
+    """A second process waits for the one training the network and reads what it cached (two at once
+    used to train it twice and could leave the .json of one with the .safetensors of the other)."""
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from gencls.evaluation import featurenet\n"
+            f"info = featurenet.prepare('digits', {str(data_root)!r}, cache_dir={str(tmp_path)!r}, epochs=1, "
+            "min_steps=300, log=lambda s: print(s, flush=True))\n"
+            "print('INFO', json.dumps({'sha256': info['sha256'], 'cached': info['cached']}), flush=True)\n")
+    first = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    for line in first.stdout:  # until it is training
+        if line.startswith("training the digits feature network"):
+            break
+    second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    rest = first.communicate(timeout=300)[0]
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
+    assert f"waiting for another gencls process (pid {first.pid})" in second.stdout, second.stdout
+    assert "training the digits feature network" not in second.stdout  # it read the cache
+    a = json.loads(rest.split("INFO ", 1)[1])
+    b = json.loads(second.stdout.split("INFO ", 1)[1])
+    assert a["sha256"] == b["sha256"] and not a["cached"] and b["cached"]
+    (net,) = tmp_path.glob("digits-*.safetensors")
+    assert json.loads(net.with_suffix(".json").read_text())["sha256"] == featurenet.sha256_file(net) == a["sha256"]
+    assert not list(tmp_path.glob(".*.lock"))  # the lock file goes with its last holder

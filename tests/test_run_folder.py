@@ -288,3 +288,35 @@ def test_gencls_imports_and_trains_without_fcntl(tmp_path, data_root):
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
     assert [m["epoch"] for m in read_metrics(out)] == [1]
+
+
+def test_a_lock_held_for_an_instant_is_waited_for_not_refused(tmp_path):
+    """A shared holder releasing its lock holds it exclusively for an instant (to tell whether it may
+    remove the lock file): a process asking at that moment used to be told "another gencls process"
+    while none was running. A lock held that briefly is looked at again; one held on is refused."""
+    import fcntl
+    import threading
+
+    FolderLock(tmp_path).acquire().release()
+    fd = os.open(tmp_path / ".gencls.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    timer = threading.Timer(0.05, lambda: fcntl.flock(fd, fcntl.LOCK_UN))
+    timer.start()
+    lock = FolderLock(tmp_path).acquire()  # not refused
+    assert lock.fd is not None
+    lock.release()
+    timer.join()
+    held = FolderLock(tmp_path, shared=True).acquire()  # a holder that stays: refused, in about half a second
+    t = time.time()
+    with pytest.raises(gencls.GenclsError, match="another gencls process"):
+        FolderLock(tmp_path).acquire()
+    assert time.time() - t < 3
+    lines = []
+    waiter = threading.Thread(target=lambda: FolderLock(tmp_path, wait=lines.append).acquire().release())
+    waiter.start()  # wait= waits for the holder instead
+    time.sleep(0.8)
+    assert waiter.is_alive() and len(lines) == 1 and "waiting for another gencls process" in lines[0]
+    held.release()
+    waiter.join(timeout=10)
+    assert not waiter.is_alive()
+    os.close(fd)

@@ -117,9 +117,12 @@ class FolderLock:
     is one where the platform (no ``fcntl``: Windows) or the filesystem (``flock`` unsupported,
     e.g. some NFS or FUSE mounts) has no such lock."""
 
-    def __init__(self, folder: str | os.PathLike, shared: bool = False, what: str = "is training in"):
-        self.folder, self.shared, self.what = Path(folder), shared, what
-        self.path = self.folder / LOCK_NAME
+    def __init__(self, folder: str | os.PathLike, shared: bool = False, what: str = "is training in",
+                 name: str = LOCK_NAME, wait=None):
+        """``name``: the lock file's name in ``folder`` (several locks in one folder). ``wait``:
+        instead of refusing a held lock, call ``wait(message)`` once and wait for it."""
+        self.folder, self.shared, self.what, self.wait = Path(folder), shared, what, wait
+        self.path = self.folder / name
         self.fd: int | None = None
         self.created: list[Path] = []  # folders made for the lock, innermost first
 
@@ -136,15 +139,17 @@ class FolderLock:
         except OSError:
             return self  # not a folder / not writable: the run's own checks say so
         self.created = missing
-        for _ in range(100):  # the file may be removed by its holder between our open and our flock
+        busy = 0
+        for _ in range(200):  # the file may be removed by its holder between our open and our flock
             existed = os.path.lexists(self.path)  # a lock file not made here is left as it is
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
             except OSError:
                 self._remove_created()
                 return self
+            mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
             try:
-                fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
             except OSError as e:
                 if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     # flock unsupported here (ENOLCK, EOPNOTSUPP, ENOSYS, ...): not locked
@@ -154,9 +159,24 @@ class FolderLock:
                     self._remove_created()
                     return self
                 pid = self._holder(fd)
-                os.close(fd)
-                raise GenclsError(f"{self.folder}: another gencls process{f' (pid {pid})' if pid else ''} "
-                                  f"{self.what} this folder; wait for it to end (or stop it) and try again") from None
+                if self.wait is not None:
+                    self.wait(f"{self.folder}: waiting for another gencls process{f' (pid {pid})' if pid else ''} "
+                              f"that {self.what} this folder")
+                    self.wait = None  # said once
+                    try:
+                        fcntl.flock(fd, mode)
+                    except OSError:
+                        os.close(fd)
+                        raise
+                elif busy < 10:  # a shared holder releasing holds it exclusively for an instant: look again
+                    os.close(fd)
+                    busy += 1
+                    time.sleep(0.01 * busy)
+                    continue
+                else:
+                    os.close(fd)
+                    raise GenclsError(f"{self.folder}: another gencls process{f' (pid {pid})' if pid else ''} "
+                                      f"{self.what} this folder; wait for it to end (or stop it) and try again") from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino
             except OSError:

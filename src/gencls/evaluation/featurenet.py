@@ -24,7 +24,7 @@ from gencls.data import default_root, load_split
 from gencls.data.datasets import FOLDER_PREFIX, parse_image_size
 from gencls.errors import GenclsError
 from gencls.nets import ConvClassifier
-from gencls.utils import atomic_write_bytes, atomic_write_json, read_json
+from gencls.utils import FolderLock, atomic_write_bytes, atomic_write_json, read_json
 
 VERSION = 1  # bump when the architecture or the recipe changes: a new cache file is made
 # "min_steps": a small dataset (digits: 12 steps an epoch; a folder of 100 labelled images: 1) trains for
@@ -219,6 +219,15 @@ def prepare(dataset: str = "mnist", data_root: str | Path | None = None, force: 
     if subset is not None or recipe:
         path = path.with_name(path.stem + f"-custom-{_digest({'subset': subset, **recipe})}.safetensors")
     settings = {**RECIPE, **recipe}
+    # one process trains a given network at a time; another waits and then reads the cached one
+    lock = FolderLock(path.parent, name=f".{path.stem}.lock", what="is training the feature network in",
+                      wait=log)
+    with lock:
+        return _prepare(dataset, data_root, force, device, log, path, settings, spec, train, subset, folder,
+                        folder_test_rule)
+
+
+def _prepare(dataset, data_root, force, device, log, path, settings, spec, train, subset, folder, folder_test_rule):
     if path.exists() and path.with_suffix(".json").exists() and not force:
         info = _read_info(path)
         if train is not None and info.get("fingerprint") != train.fingerprint:
