@@ -320,3 +320,26 @@ def test_a_lock_held_for_an_instant_is_waited_for_not_refused(tmp_path):
     waiter.join(timeout=10)
     assert not waiter.is_alive()
     os.close(fd)
+
+
+def test_a_folder_that_cannot_be_written_is_named_not_a_temporary_file(tmp_path, data_root, monkeypatch, capsys):
+    """`--resume` of a run in a read-only folder said "Permission denied: .../.config.json.x1y2.tmp"
+    (atomic writes' temporary name); it names the file it meant to write."""
+    import tempfile
+
+    from gencls.cli import main
+    from gencls.utils import atomic_write_bytes
+
+    run = tmp_path / "run"
+    gencls.train(cfg(tmp_path, "run"), log=quiet)
+
+    def refused(*a, dir=None, prefix="", suffix="", **k):
+        raise PermissionError(13, "Permission denied", os.path.join(dir, prefix + "x1y2" + suffix))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(PermissionError) as e:
+        atomic_write_bytes(run / "a.json", b"{}")
+    assert e.value.filename == str(run / "a.json") and e.value.errno == 13
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "2", "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("gencls: error: Permission denied: " + str(run)) and ".tmp" not in err, err

@@ -50,8 +50,11 @@ def autocast_for(device: torch.device, precision: str):
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:  # e.g. a read-only folder: name the file meant, not mkstemp's temporary name
+        raise _naming(e, path) from None
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -61,11 +64,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):  # a full disk, a rename refused: about `path`, not the temporary file
+            raise _naming(e, path) from None
         raise
     try:  # make the rename durable
         dfd = os.open(path.parent, os.O_RDONLY)
@@ -75,6 +80,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def _naming(e: OSError, path: Path) -> OSError:
+    """``e`` (same type and errno) about ``path``."""
+    if e.errno is None:
+        return e
+    return type(e)(e.errno, e.strerror, str(path))
 
 
 # the temporary names of atomic_write_bytes: ".NAME." + mkstemp's 8 random characters + ".tmp"
