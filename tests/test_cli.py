@@ -135,3 +135,32 @@ def test_config_file_merging_rules(tmp_path):
         (tmp_path / "bad.json").write_text(text)
         with pytest.raises(GenclsError, match=needle.replace("[", r"\[")):
             config_with_file(tmp_path / "bad.json", {})
+
+
+def test_a_runs_config_on_another_dataset_asks_for_what_the_run_asked_for(tmp_path, data_root):
+    """A run's config.json keeps its data settings as asked (``given``) beside their resolved values:
+    `--config RUN/config.json --dataset OTHER` takes --labels 50 again (it used to drop the resolved
+    labels and val_size and fall back to the defaults), and the other dataset's own sizes; a resume
+    keeps ``given`` as the run started."""
+    import json
+
+    import gencls
+    from gencls.cli import main
+    from gencls.config import config_with_file
+
+    cfg = gencls.TrainConfig(method="supervised", dataset="digits", labels=50, epochs=1, out=str(tmp_path / "a"),
+                             progress=False, tensorboard=False, sample_every=0, device="cpu", threads=1,
+                             data_root=str(data_root))
+    run = gencls.train(cfg, log=lambda s: None)
+    record = json.loads((run / "config.json").read_text())
+    assert record["given"] == {"labels": 50, "val_size": None, "image_size": None, "channels": None}
+    assert record["labels"] == 50 and record["val_size"] == 143 and record["image_size"] == [8, 8]
+    m = config_with_file(run / "config.json", {"dataset": "mnist", "out": "b"})
+    assert m["labels"] == 50 and "val_size" not in m and "image_size" not in m and "channels" not in m
+    assert "val_size" not in config_with_file(run / "config.json", {"out": "b"})  # same dataset: same default
+    gencls.train({"out": str(run), "epochs": 2}, resume=True, log=lambda s: None)
+    assert json.loads((run / "config.json").read_text())["given"] == record["given"]
+    assert main(["train", "--config", str(run / "config.json"), "--dataset", "digits", "--subset", "600",
+                 "--epochs", "1", "--out", str(tmp_path / "c"), "--no-progress"]) == 0
+    c = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert c["labels"] == 50 and c["given"] == record["given"] and c["val_size"] == 60  # 10 % of the 600

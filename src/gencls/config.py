@@ -171,13 +171,13 @@ class TrainConfig:
 
 
 # keys a run writes into config.json that are not settings of a new run
-_RUN_RECORD_KEYS = ("world_size",)
+_RUN_RECORD_KEYS = ("world_size", "given")
 # every setting a run's config.json held in the first release (tests/fixtures/run_v1)
 _FIRST_RELEASE_KEYS = ("batch_size", "checkpoint_every", "data_root", "data_seed", "dataset", "device", "epochs",
                        "keep", "labels", "max_grad_norm", "method", "method_config", "minutes", "on_nan", "out",
                        "progress", "sample_every", "seed", "subset", "tensorboard", "threads", "val_size")
 # settings a run resolves from its data and saves (config.json): not carried over to another dataset
-_DATA_DERIVED = ("image_size", "channels", "labels", "val_size")
+DATA_DERIVED = ("image_size", "channels", "labels", "val_size")
 # the value types a settings file may give each setting ("int" excludes bool)
 _TYPES = {"labels": ("int", "str"), "val_size": ("int",), "subset": ("int",), "epochs": ("int",),
           "minutes": ("number",), "batch_size": ("int",), "seed": ("int",), "data_seed": ("int",),
@@ -202,6 +202,12 @@ def read_config_file(path) -> tuple[dict[str, Any], bool]:
     (``val_size`` or ``val-size``). Returns them and whether the file is a run's own record (its
     ``config.json``: settings resolved from its data, and missing newer settings mean the values
     that reproduce it). Unknown keys and values of the wrong type are errors naming them."""
+    d, record, _ = _read_config_file(path)
+    return d, record
+
+
+def _read_config_file(path) -> tuple[dict[str, Any], bool, dict[str, Any]]:
+    """``read_config_file``, and a run record's data settings as asked (``given``; None if it has none)."""
     import json
     import tomllib
     from pathlib import Path
@@ -223,6 +229,7 @@ def read_config_file(path) -> tuple[dict[str, Any], bool]:
     # a run's config.json: it has what only a run writes (world_size) or, from runs older than
     # that, every setting the first release saved (a settings file written by hand names a few)
     record = any(k in d for k in _RUN_RECORD_KEYS) or all(k in d for k in _FIRST_RELEASE_KEYS)
+    given = d.get("given") if record else None
     d = {k.replace("-", "_"): v for k, v in d.items() if k not in _RUN_RECORD_KEYS}
     names = {f.name for f in fields(TrainConfig)}
     unknown = sorted(k for k in d if k not in names)
@@ -236,7 +243,12 @@ def read_config_file(path) -> tuple[dict[str, Any], bool]:
             raise GenclsError(f"--config {path}: {k} = {v!r} must be {want}")
     if record:
         d.setdefault("folder_test_rule", 1)  # a run made before rule 2 keeps its test split
-    return d, record
+    if isinstance(given, dict):
+        given = {k: v for k, v in given.items()
+                 if k in DATA_DERIVED and v is not None and any(_is(v, kind) for kind in _TYPES.get(k, ()))}
+    else:
+        given = None  # a run from before config.json kept them, or not a run's record
+    return d, record, given
 
 
 def config_with_file(path, given: dict[str, Any]) -> dict[str, Any]:
@@ -244,9 +256,11 @@ def config_with_file(path, given: dict[str, Any]) -> dict[str, Any]:
 
     ``given["method_config"]`` adds to the file's method settings; another method drops them;
     ``given["seed"]`` without ``seeds`` makes one run; ``seeds`` without ``data_seed`` lets each
-    seed draw its own split; and another dataset drops the sizes a run's config.json resolved
-    from its own data (image size, channels, label and validation counts)."""
-    base, record = read_config_file(path)
+    seed draw its own split. The sizes a run's config.json resolved from its data (image size,
+    channels, label and validation counts) are replaced by what the run was asked for where its
+    record says (``given``: e.g. ``--labels 100``, the rest left to the data); a run from before
+    ``given`` keeps them on its own dataset and drops them on another."""
+    base, record, asked = _read_config_file(path)
     if "method" in base and given.get("method", base["method"]) != base["method"]:
         base.pop("method_config", None)  # another method: the file's method settings do not apply
     if "method_config" in given:
@@ -256,8 +270,12 @@ def config_with_file(path, given: dict[str, Any]) -> dict[str, Any]:
     if record and "seeds" in given and "data_seed" not in given:
         base.pop("data_seed", None)  # a run resolved its data_seed: each seed its own draw, as without a file
     if record and "dataset" in given and given["dataset"] != base.get("dataset"):
-        for k in (*_DATA_DERIVED, "folder_test_rule"):  # another dataset: its own sizes, the current rule
+        for k in (*DATA_DERIVED, "folder_test_rule"):  # another dataset: its own sizes, the current rule
             base.pop(k, None)
+    if asked is not None:  # the run says what it was asked for (--labels 100): that, not what it resolved to
+        for k in DATA_DERIVED:
+            base.pop(k, None)
+        base.update(asked)
     return {**base, **given}
 
 

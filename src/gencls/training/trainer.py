@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from gencls.config import TrainConfig
+from gencls.config import DATA_DERIVED, TrainConfig
 from gencls.data import make_split
 from gencls.data.datasets import load_run_split
 from gencls.data.images import border_mean
@@ -492,6 +492,9 @@ class _Run:
             val_default = ("this dataset's default" if "val_size" in data.defaults
                            else f"10% of the {len(targets)} training images, at most 5000")
         labels_given = cfg.labels is not None
+        # the data settings as asked (None: the data's default), kept in config.json beside their
+        # resolved values: `train --config RUN/config.json --dataset OTHER` asks for the same again
+        self.given = {k: getattr(cfg, k) for k in DATA_DERIVED}
         cfg.fill_from_data(data.image_shape, data.defaults, len(targets))
         try:
             self.split = make_split(targets, cfg.labels, cfg.val_size, cfg.data_seed, num_classes=len(data.classes),
@@ -540,6 +543,15 @@ class _Run:
             raise GenclsError(f"--resume: the files of {self.cfg.dataset} changed since the run started (added, "
                               "removed, renamed or replaced); train a new run on the folder as it is now")
 
+    def config_record(self, resume: bool) -> dict:
+        """config.json: the resolved settings, the world size, and the data settings as asked
+        (a resume keeps those of the run's start; a run from before they were kept has none)."""
+        given = self.given
+        if resume:
+            given = read_json(self.out / "config.json").get("given")
+        record = {**self.cfg.to_dict(), "world_size": self.ddp.world}
+        return record if given is None else {**record, "given": given}
+
     def need_bytes(self) -> int:
         return (2 + self.cfg.keep) * checkpoint_bytes_estimate(self.method) + 2**20
 
@@ -575,10 +587,10 @@ class _Run:
             self.guard.skipped = ck.get("skipped_steps", 0)
             position = (epoch, epoch_step, step)
             # the settings this resume changed (--epochs, --eval-every, ...) are the run's from now on
-            ddp.on_main(lambda: atomic_write_json(self.out / "config.json", {**cfg.to_dict(), "world_size": ddp.world}))
+            ddp.on_main(lambda: atomic_write_json(self.out / "config.json", self.config_record(resume=True)))
         else:
             def write_run_files():
-                atomic_write_json(self.out / "config.json", {**cfg.to_dict(), "world_size": ddp.world})
+                atomic_write_json(self.out / "config.json", self.config_record(resume=False))
                 for name, obj in self.data.run_files.items():  # e.g. a folder dataset's skipped and held-out files
                     atomic_write_json(self.out / name, obj)
                     if isinstance(obj, dict) and obj.get("count"):
