@@ -133,6 +133,9 @@ def test_epoch_loss_sums_leave_non_finite_steps_out_and_round_trip():
     assert old.means() == {"a": 2.0} and old.non_finite() == 0
     old.add({"a": torch.tensor(4.0)})
     assert old.means() == {"a": 2.5}
+    # resumed inside an epoch by a version that logs another term (aae's gen_cat): no shape error
+    old.add({"a": torch.tensor(2.0), "c": torch.tensor(5.0)})
+    assert old.means() == {"a": 2.4, "c": 1.0} and old.names == ["a", "c"]
 
 
 def test_lr_decay_schedule_and_resume(tmp_path, data_root):

@@ -107,8 +107,9 @@ class AdversarialAutoencoder(Method):
                      + adversarial_discriminator_loss(self.d_gauss(z_prior), self.d_gauss(z)))
         self._step(self.opt_disc, "loss_disc", loss_disc)
         y_logits, z = self.enc(x_u)
-        loss_gen = (adversarial_generator_loss(self.d_cat(y_logits.softmax(1)))
-                    + adversarial_generator_loss(self.d_gauss(z)))
+        gen_cat = adversarial_generator_loss(self.d_cat(y_logits.softmax(1)))
+        gen_gauss = adversarial_generator_loss(self.d_gauss(z))
+        loss_gen = gen_cat + gen_gauss
         self.grads_into(loss_gen, enc_params)  # the discriminators' weights get none
         self.optimizer_step(self.opt_gen, {"loss_gen": loss_gen})
 
@@ -117,8 +118,11 @@ class AdversarialAutoencoder(Method):
         loss_sup = F.cross_entropy(y_logits_l, y_lab)
         self._step(self.opt_sup, "loss_sup", loss_sup)
         self.ema.update(self.enc)
+        # each prior's part of loss_gen, and the spread of z (1 under the prior): a drift of z from
+        # N(0, I) shows as z_std leaving 1 and gen_gauss climbing, before the error rises
         return {"loss_recon": loss_recon.detach(), "loss_disc": loss_disc.detach(), "loss_gen": loss_gen.detach(),
-                "loss_sup": loss_sup.detach(), "train_err": (y_logits_l.detach().argmax(1) != y_lab).float().mean()}
+                "loss_sup": loss_sup.detach(), "train_err": (y_logits_l.detach().argmax(1) != y_lab).float().mean(),
+                "gen_cat": gen_cat.detach(), "gen_gauss": gen_gauss.detach(), "z_std": z.detach().std(0).mean()}
 
     def classify(self, x):
         with self.evaluating():

@@ -311,6 +311,10 @@ class _EpochLosses:
         vals = torch.stack([v.detach().float().reshape(()) for v in losses.values()])
         if self.acc is None:
             self.names, self.acc = list(losses), torch.zeros(len(losses) + 2, device=vals.device)
+        elif list(losses) != self.names:  # resumed inside an epoch from a version that logged other terms
+            old = dict(zip(self.names, self.acc[:-2].unbind()))
+            zero = torch.zeros((), device=vals.device)
+            self.names, self.acc = list(losses), torch.stack([*(old.get(k, zero) for k in losses), *self.acc[-2:]])
         ok = torch.isfinite(vals).all()
         self.acc[:-2].add_(torch.where(ok, vals, 0.0))
         self.acc[-2].add_(ok)
