@@ -164,3 +164,38 @@ def test_a_runs_config_on_another_dataset_asks_for_what_the_run_asked_for(tmp_pa
                  "--epochs", "1", "--out", str(tmp_path / "c"), "--no-progress"]) == 0
     c = json.loads((tmp_path / "c" / "config.json").read_text())
     assert c["labels"] == 50 and c["given"] == record["given"] and c["val_size"] == 60  # 10 % of the 600
+
+
+def test_train_with_chosen_labelled_images(tmp_path, data_root):
+    """--labelled FILE: another run's split.json (or a list of rows) fixes the labelled images; the
+    validation images are drawn from the others; the rows are kept in config.json, so a resume and
+    --config reproduce them, and on another dataset only their number is carried over."""
+    import json
+
+    from gencls.cli import main
+    from gencls.config import config_with_file
+
+    common = ["--method", "supervised", "--dataset", "digits", "--epochs", "1", "--no-progress", "--no-tensorboard",
+              "--sample-every", "0", "--threads", "1", "--data-root", str(data_root)]
+    assert main(["train", *common, "--labels", "30", "--out", str(tmp_path / "a")]) == 0
+    a = json.loads((tmp_path / "a" / "split.json").read_text())
+    assert main(["train", *common, "--labelled", str(tmp_path / "a" / "split.json"), "--data-seed", "7",
+                 "--out", str(tmp_path / "b")]) == 0
+    b = json.loads((tmp_path / "b" / "split.json").read_text())
+    assert b["labelled"] == a["labelled"] and b["validation"] != a["validation"]
+    assert not set(b["labelled"]) & set(b["validation"])
+    cfg = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert cfg["labelled"] == a["labelled"] and cfg["labels"] == 30
+    assert main(["train", "--resume", "--out", str(tmp_path / "b"), "--epochs", "2", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "b" / "split.json").read_text()) == b
+    m = config_with_file(tmp_path / "b" / "config.json", {"dataset": "mnist"})
+    assert "labelled" not in m and m["labels"] == 30
+    m = config_with_file(tmp_path / "b" / "config.json", {"labels": 50})
+    assert "labelled" not in m and m["labels"] == 50
+
+    (tmp_path / "rows.txt").write_text("# one per class, rows of digits' training set\n" +
+                                       "\n".join(str(r) for r in a["labelled"][:3]) + "\n")
+    assert main(["train", *common, "--labelled", str(tmp_path / "rows.txt"), "--out", str(tmp_path / "c")]) == 2
+    assert main(["train", *common, "--labelled", str(tmp_path / "a" / "split.json"), "--labels", "20",
+                 "--out", str(tmp_path / "d")]) == 2
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()

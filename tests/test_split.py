@@ -77,3 +77,61 @@ def test_a_failing_default_validation_size_says_it_is_the_default():
     with pytest.raises(GenclsError) as e:
         make_split(targets(50), 10, 5, 1, num_classes=10)  # given by the user: no word about defaults
     assert "default" not in str(e.value)
+
+
+def test_chosen_labelled_images_and_validation_from_the_rest():
+    """--labelled: exactly those images are labelled; validation is drawn, balanced, from the others."""
+    y = targets()
+    chosen = torch.cat([(y == c).nonzero().flatten()[:3] for c in range(10)]).sort().values
+    s = make_split(y, chosen, 500, data_seed=3)
+    assert torch.equal(s.labelled, chosen)
+    assert torch.bincount(y[s.validation], minlength=10).tolist() == [50] * 10
+    assert not set(chosen.tolist()) & set(s.validation.tolist())
+    assert set(s.unlabelled.tolist()) == set(range(len(y))) - set(s.validation.tolist())
+    assert torch.equal(make_split(y, chosen, 500, data_seed=3).validation, s.validation)
+    with pytest.raises(GenclsError, match="--labelled: no image of class 9 among the 27 listed"):
+        make_split(y, chosen[y[chosen] != 9], 500, data_seed=3)
+    y2 = y.clone()
+    y2[chosen[0]] = -1  # a folder's unlabelled image
+    with pytest.raises(GenclsError, match=f"--labelled: training image {int(chosen[0])} has no label"):
+        make_split(y2, chosen, 500, data_seed=3)
+
+
+def test_labelled_rows_through_a_subset_and_from_files(tmp_path):
+    import json
+
+    from gencls.data.split import labelled_positions, read_labelled_file
+
+    assert labelled_positions([5, 2], None, 10).tolist() == [5, 2]
+    assert labelled_positions([7, 2], torch.tensor([2, 9, 7]), 10).tolist() == [2, 0]
+    with pytest.raises(GenclsError, match="row 10 is past the 10 training images"):
+        labelled_positions([10], None, 10)
+    with pytest.raises(GenclsError, match="row 3 is not among the --subset 3 images"):
+        labelled_positions([3], torch.tensor([2, 9, 7]), 10)
+
+    (tmp_path / "a.txt").write_text("# my picks\n12, 7\n3   # a three\n\n40\n")
+    assert read_labelled_file(tmp_path / "a.txt") == [12, 7, 3, 40]
+    (tmp_path / "b.json").write_text("[4, 1]")
+    assert read_labelled_file(tmp_path / "b.json") == [4, 1]
+    (tmp_path / "split.json").write_text(json.dumps({"labelled": [0, 2], "subset": [30, 10, 20], "validation": [1]}))
+    assert read_labelled_file(tmp_path / "split.json") == [30, 20]  # a run's positions -> rows of the training set
+    for text, needle in [("1 2 x", "'x' is not a row number"), ("# none\n", "no rows in it"),
+                         ('{"a": 1}', "needs a 'labelled' list"), ("[1, 2.5]", "expected a list of row numbers"),
+                         ("[1,", "not valid JSON")]:
+        (tmp_path / "bad").write_text(text)
+        with pytest.raises(GenclsError, match=needle):
+            read_labelled_file(tmp_path / "bad")
+    with pytest.raises(GenclsError, match="no such file"):
+        read_labelled_file(tmp_path / "missing.txt")
+
+
+def test_labelled_rows_in_the_configuration():
+    from gencls.config import TrainConfig
+
+    assert TrainConfig(labelled=[9, 3, 5]).validate().labelled == [3, 5, 9]
+    for kw, needle in [(dict(labelled=[3, 3]), "row 3 is listed twice"), (dict(labelled=[]), "at least one row"),
+                       (dict(labelled=[1, -2]), "-2 is not a row"), (dict(labelled=[1, True]), "True is not a row"),
+                       (dict(labelled=[1, 2], labels=5), "--labels 5 and --labelled \\(2 rows\\) disagree")]:
+        with pytest.raises(GenclsError, match=needle):
+            TrainConfig(**kw).validate()
+    assert TrainConfig(labelled=[1, 2], labels=2).validate().labels == 2

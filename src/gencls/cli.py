@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default mnist)")
     t.add_argument("--labels", type=_labels, help="labelled training images, balanced, or 'all' (default 100; "
                    "folder:PATH with PATH/labelled/: all)")
+    t.add_argument("--labelled", metavar="FILE", help="these training images are the labelled ones: a file of row "
+                   "numbers (0-based, the training set's order; text or a JSON list) or a run's split.json")
     t.add_argument("--epochs", type=_positive_int, help="default 10")
     t.add_argument("--minutes", type=_positive_float, help="stop at the first epoch end after this many minutes")
     t.add_argument("--seed", type=_nonneg_int, help="seed of the networks and the batch order (default 1)")
@@ -352,6 +354,10 @@ def cmd_train(args) -> int:
     given = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
     if args.settings:
         given["method_config"] = dict(args.settings)
+    if args.labelled:
+        from gencls.data.split import read_labelled_file
+
+        given["labelled"] = read_labelled_file(args.labelled)
     if args.config:
         if args.resume:
             raise GenclsError("--config starts a new run; --resume continues one with its own config.json")

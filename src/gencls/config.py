@@ -12,6 +12,9 @@ class TrainConfig:
     method: str = "improved-gan"
     dataset: str = "mnist"
     labels: int | str | None = None  # a count, or "all"; None: the dataset's default (100; folders: "all")
+    # these rows of the training set (0-based, before --subset) are the labelled images, instead of a
+    # seeded balanced draw (``--labelled FILE``); ``labels`` is then their count
+    labelled: list[int] | None = None
     val_size: int | None = None  # None: the dataset's default (min(5000, 10% of training images); folders: 0)
     subset: int | None = None  # use a random subset of this many training images (quick experiments)
     epochs: int = 10
@@ -67,6 +70,20 @@ class TrainConfig:
                     raise GenclsError(f"--labels {self.labels!r}: a number of labelled images or 'all'") from None
         if self.labels is not None and self.labels != "all" and self.labels <= 0:
             raise GenclsError(f"--labels {self.labels}: must be positive (or 'all')")
+        if self.labelled is not None:
+            rows = self.labelled
+            if not isinstance(rows, (list, tuple)) or not rows:
+                raise GenclsError("--labelled: give at least one row of the training set")
+            bad = [r for r in rows if isinstance(r, bool) or not isinstance(r, int) or r < 0]
+            if bad:
+                raise GenclsError(f"--labelled: {bad[0]!r} is not a row of the training set (0, 1, 2, ...)")
+            rows = sorted(rows)
+            twice = [a for a, b in zip(rows, rows[1:]) if a == b]
+            if twice:
+                raise GenclsError(f"--labelled: row {twice[0]} is listed twice")
+            self.labelled = rows
+            if self.labels is not None and self.labels != len(rows):
+                raise GenclsError(f"--labels {self.labels} and --labelled ({len(rows)} rows) disagree: give one")
         if self.epochs < 1:
             raise GenclsError(f"--epochs {self.epochs}: must be at least 1")
         if self.minutes is not None and self.minutes <= 0:
@@ -137,6 +154,8 @@ class TrainConfig:
     def fill_from_data(self, image_shape, defaults: dict, n_train: int) -> "TrainConfig":
         """Settings left unset, from the data: its defaults, its image size and channels; ``arch``
         goes into the method's settings (so that a saved run rebuilds the same networks)."""
+        if self.labelled is not None:
+            self.labels = len(self.labelled)
         if self.labels is None:
             self.labels = defaults.get("labels", 100)
         if self.val_size is None:
@@ -179,7 +198,7 @@ _FIRST_RELEASE_KEYS = ("batch_size", "checkpoint_every", "data_root", "data_seed
 # settings a run resolves from its data and saves (config.json): not carried over to another dataset
 DATA_DERIVED = ("image_size", "channels", "labels", "val_size")
 # the value types a settings file may give each setting ("int" excludes bool)
-_TYPES = {"labels": ("int", "str"), "val_size": ("int",), "subset": ("int",), "epochs": ("int",),
+_TYPES = {"labels": ("int", "str"), "labelled": ("list",), "val_size": ("int",), "subset": ("int",), "epochs": ("int",),
           "minutes": ("number",), "batch_size": ("int",), "seed": ("int",), "data_seed": ("int",),
           "seeds": ("list", "str"), "stack_seeds": ("str",), "device": ("str",), "out": ("str",),
           "data_root": ("str",), "method_config": ("dict",), "threads": ("int",), "sample_every": ("int",),
@@ -276,6 +295,12 @@ def config_with_file(path, given: dict[str, Any]) -> dict[str, Any]:
         for k in DATA_DERIVED:
             base.pop(k, None)
         base.update(asked)
+    if "labelled" in given or "labels" in given:  # the flags choose the labelled images: the file's choice goes
+        base.pop("labels", None)
+        base.pop("labelled", None)
+    if base.get("labelled") and "dataset" in given and given["dataset"] != base.get("dataset"):
+        n = len(base.pop("labelled"))  # rows of the file's dataset: on another, the same number of labels
+        base.setdefault("labels", n)
     return {**base, **given}
 
 

@@ -46,10 +46,12 @@ def _balanced_counts(total: int, num_classes: int, available: torch.Tensor, what
     return counts
 
 
-def make_split(targets: torch.Tensor, labels: int | str, val_size: int, data_seed: int,
+def make_split(targets: torch.Tensor, labels: int | str | torch.Tensor, val_size: int, data_seed: int,
                num_classes: int | None = None, class_names: list[str] | None = None,
                val_default: str | None = None) -> SSLSplit:
-    """Draw the split. ``labels`` is a count or ``"all"`` (every non-validation image).
+    """Draw the split. ``labels`` is a count, ``"all"`` (every non-validation image) or a tensor of
+    the positions in ``targets`` that are the labelled images (``--labelled``; validation is then
+    drawn from the others).
 
     ``class_names`` name the classes in error messages; ``val_default`` says how ``val_size`` was
     chosen when the user did not give it (e.g. "10% of the 50 training images"), so that an error
@@ -67,6 +69,13 @@ def make_split(targets: torch.Tensor, labels: int | str, val_size: int, data_see
         raise GenclsError(f"{val_flag}: must be between 0 and {n - 1} for {n} training images{val_hint}")
     gen = torch.Generator().manual_seed(int(data_seed))
     perm = torch.randperm(n, generator=gen)
+    chosen = None
+    if isinstance(labels, torch.Tensor):  # --labelled: these, each class's validation from its others
+        chosen = labels.long()
+        _check_chosen(chosen, targets, k, class_names)
+        is_chosen = torch.zeros(n, dtype=torch.bool)
+        is_chosen[chosen] = True
+        perm = perm[~is_chosen[perm]]
     by_class = [perm[targets[perm] == c] for c in range(k)]  # each class in a seeded random order
     available = torch.tensor([len(ix) for ix in by_class])
     if val_size and val_size < k:
@@ -76,7 +85,9 @@ def make_split(targets: torch.Tensor, labels: int | str, val_size: int, data_see
                                       torch.Generator().manual_seed(int(data_seed) + 1), class_names)
     except GenclsError as e:
         raise GenclsError(f"{e}{val_hint}") from None
-    if labels == "all":
+    if chosen is not None:
+        lab_counts = torch.zeros(k, dtype=torch.long)  # none drawn: the chosen ones are added below
+    elif labels == "all":
         lab_counts = available - val_counts
         empty = (lab_counts <= 0).nonzero().flatten().tolist()
         if empty:
@@ -94,9 +105,84 @@ def make_split(targets: torch.Tensor, labels: int | str, val_size: int, data_see
             labels, k, available - val_counts, f"--labels {labels}", torch.Generator().manual_seed(int(data_seed) + 2),
             class_names, lambda c: f" left after {val_flag} takes {int(val_counts[c])}" if val_counts[c] else "")
     # labelled images come first in each class's order, validation images after them
-    labelled = torch.cat([ix[: lab_counts[c]] for c, ix in enumerate(by_class)])
+    labelled = torch.cat([ix[: lab_counts[c]] for c, ix in enumerate(by_class)]) if chosen is None else chosen
     validation = torch.cat([ix[len(ix) - val_counts[c]:] if val_counts[c] else ix[:0]
                             for c, ix in enumerate(by_class)])
     mask = torch.ones(n, dtype=torch.bool)
     mask[validation] = False
     return SSLSplit(labelled.sort().values, validation.sort().values, mask.nonzero().flatten())
+
+
+def _check_chosen(rows: torch.Tensor, targets: torch.Tensor, k: int, class_names: list[str] | None) -> None:
+    """``--labelled`` positions: each has a label, and every class has one."""
+    no_label = rows[targets[rows] < 0]
+    if len(no_label):
+        raise GenclsError(f"--labelled: training image {int(no_label[0])} has no label (it is an unlabelled image)")
+    missing = sorted(set(range(k)) - set(targets[rows].tolist()))
+    if missing:
+        raise GenclsError(f"--labelled: no image of {_name(missing[0], class_names)} among the {len(rows)} listed "
+                          "(every class needs at least one labelled image)")
+
+
+def labelled_positions(rows: list[int], subset: torch.Tensor | None, n_rows: int) -> torch.Tensor:
+    """``--labelled`` rows of the training set -> positions in the images a run uses (``subset``:
+    the rows ``--subset`` drew, or None for all ``n_rows``)."""
+    t = torch.as_tensor(rows, dtype=torch.long)
+    past = t[t >= n_rows]
+    if len(past):
+        raise GenclsError(f"--labelled: row {int(past[0])} is past the {n_rows} training images (rows 0 to "
+                          f"{n_rows - 1})")
+    if subset is None:
+        return t
+    where = torch.full((n_rows,), -1, dtype=torch.long)
+    where[subset] = torch.arange(len(subset))
+    pos = where[t]
+    if (pos < 0).any():
+        raise GenclsError(f"--labelled: row {int(t[pos < 0][0])} is not among the --subset {len(subset)} images "
+                          "drawn for this run")
+    return pos
+
+
+def read_labelled_file(path) -> list[int]:
+    """The rows of ``--labelled FILE``: integers (whitespace or comma separated, ``#`` comments), a
+    JSON list of them, or a run's ``split.json`` (its labelled images, as rows of the training set)."""
+    import json
+    import re
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise GenclsError(f"--labelled {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise GenclsError(f"--labelled {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    if text.lstrip().startswith(("[", "{")):
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise GenclsError(f"--labelled {path}: not valid JSON ({e})") from None
+        if isinstance(obj, dict):  # a run's split.json: positions in its --subset draw, if it had one
+            if not isinstance(obj.get("labelled"), list):
+                raise GenclsError(f"--labelled {path}: a JSON object needs a 'labelled' list (as a run's split.json)")
+            rows, subset = obj["labelled"], obj.get("subset")
+            if isinstance(subset, list):
+                try:
+                    rows = [subset[i] for i in rows]
+                except (IndexError, TypeError):
+                    raise GenclsError(f"--labelled {path}: its 'labelled' positions do not fit its 'subset'") from None
+        else:
+            rows = obj
+        if not isinstance(rows, list) or not all(isinstance(r, int) and not isinstance(r, bool) for r in rows):
+            raise GenclsError(f"--labelled {path}: expected a list of row numbers")
+    else:
+        words = [w for w in re.split(r"[\s,]+", re.sub(r"#.*", "", text)) if w]
+        rows = []
+        for w in words:
+            try:
+                rows.append(int(w))
+            except ValueError:
+                raise GenclsError(f"--labelled {path}: {w!r} is not a row number") from None
+    if not rows:
+        raise GenclsError(f"--labelled {path}: no rows in it")
+    return rows

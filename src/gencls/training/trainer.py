@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from gencls.config import DATA_DERIVED, TrainConfig
 from gencls.data import make_split
+from gencls.data.split import labelled_positions
 from gencls.data.datasets import load_run_split
 from gencls.data.images import border_mean
 from gencls.errors import GenclsError, TrainingDiverged, TrainingStopped  # noqa: F401  (TrainingStopped re-exported)
@@ -500,8 +501,11 @@ class _Run:
         # resolved values: `train --config RUN/config.json --dataset OTHER` asks for the same again
         self.given = {k: getattr(cfg, k) for k in DATA_DERIVED}
         cfg.fill_from_data(data.image_shape, data.defaults, len(targets))
+        chosen = cfg.labels  # a count or "all"; or the --labelled rows, as positions in the images used
+        if cfg.labelled is not None:
+            chosen = labelled_positions(cfg.labelled, self.sub, len(data.labels))
         try:
-            self.split = make_split(targets, cfg.labels, cfg.val_size, cfg.data_seed, num_classes=len(data.classes),
+            self.split = make_split(targets, chosen, cfg.val_size, cfg.data_seed, num_classes=len(data.classes),
                                     class_names=list(data.classes), val_default=val_default)
         except GenclsError as e:
             if labels_given or not str(e).startswith("--labels"):
@@ -819,7 +823,8 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
 
     for r in runs:
         sizes = r.split.sizes()
-        r.log(f"data: {cfg.dataset} train {r.n_train} images -> labelled {sizes['labelled']}, "
+        chosen = " (the --labelled rows)" if r.cfg.labelled is not None else ""
+        r.log(f"data: {cfg.dataset} train {r.n_train} images -> labelled {sizes['labelled']}{chosen}, "
               f"validation {sizes['validation']}, unlabelled {sizes['unlabelled']} (data seed {r.cfg.data_seed})")
     x_all = DeviceImages(data.images, device)
     y_all = data.labels.to(device)
