@@ -171,3 +171,30 @@ def test_an_older_compare_folder_resumes_with_its_own_settings(first_compare, tm
     assert "2 runs, 2 already done, 0 to train" in lines[0]
     saved = json.loads((old / "compare_settings.json").read_text())
     assert saved["val_size"] == 200 and saved["folder_test_rule"] == 2  # the rule its runs were made with
+
+
+def test_compare_with_chosen_labelled_images(tmp_path, data_root):
+    """compare --labelled FILE: every method and seed trains on those labelled rows (validation drawn
+    per seed); the folder's settings hold them, and another choice is refused in a short line."""
+    from gencls.cli import main
+    from gencls.data import load_split
+
+    y = load_split("digits", "train", data_root, log=quiet).labels
+    rows = sorted(int(i) for c in range(10) for i in (y == c).nonzero().flatten()[:2])
+    (tmp_path / "rows.txt").write_text(" ".join(map(str, rows)))
+    out = tmp_path / "cmp"
+    args = ["compare", "--methods", "supervised", "--dataset", "digits", "--seeds", "2", "--epochs", "1",
+            "--batch-size", "50", "--threads", "1", "--device", "cpu", "--out", str(out)]
+    assert main([*args, "--labelled", str(tmp_path / "rows.txt")]) == 0
+    for s in (1, 2):
+        split = json.loads((out / "runs" / f"supervised-seed{s}" / "split.json").read_text())
+        assert split["labelled"] == rows
+    v1, v2 = (json.loads((out / "runs" / f"supervised-seed{s}" / "split.json").read_text())["validation"] for s in (1, 2))
+    assert v1 != v2
+    settings = json.loads((out / "compare_settings.json").read_text())
+    assert settings["labelled"] == rows and settings["labels"] == 20
+    md = (out / "compare.md").read_text()
+    assert "digits, 20 labels" in md and "the --labelled rows" in md
+    with pytest.raises(GenclsError, match="labelled was 20 chosen rows"):
+        compare(CompareConfig(methods=["supervised"], dataset="digits", seeds=2, epochs=1, batch_size=50, threads=1,
+                              device="cpu", out=str(out), labelled=rows[1:]), log=quiet)

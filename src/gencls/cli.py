@@ -298,7 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--methods", help=f"comma-separated, any of: {{METHODS}} (default: all five, "
                                      "improved-gan,acgan,vae-m2,aae,supervised)")
     c.add_argument("--dataset", default="mnist", help=f"one of: {{DATASETS}}")
-    c.add_argument("--labels", type=_labels, default=100)
+    c.add_argument("--labels", type=_labels, help="labelled images per run, drawn by each seed (default 100)")
+    c.add_argument("--labelled", metavar="FILE", help="these training rows are every run's labelled images (as "
+                   "train --labelled)")
     c.add_argument("--seeds", type=_positive_int, default=3,
                    help="seeds 1..N; seed s also draws the labelled split (the same for every method)")
     c.add_argument("--epochs", type=_positive_int, default=10)
@@ -566,8 +568,13 @@ def cmd_compare(args) -> int:
     configs: dict[str, dict] = {}
     for method, k, v in args.settings:
         configs.setdefault(method, {})[k] = v
+    labelled = None
+    if args.labelled:
+        from gencls.data.split import read_labelled_file
+
+        labelled = read_labelled_file(args.labelled)
     cfg = CompareConfig(methods=[m.strip() for m in methods if m.strip()], dataset=args.dataset,
-                        labels=args.labels, seeds=args.seeds, epochs=args.epochs, minutes=args.minutes, out=args.out,
+                        labels=args.labels, labelled=labelled, seeds=args.seeds, epochs=args.epochs, minutes=args.minutes, out=args.out,
                         jobs=args.jobs, threads=args.threads, device=args.device, data_root=args.data_root,
                         val_size=args.val_size, subset=args.subset, batch_size=args.batch_size, method_configs=configs)
     summary = compare(cfg)

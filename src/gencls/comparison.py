@@ -31,7 +31,7 @@ from gencls.utils import atomic_write_bytes, atomic_write_json, read_json
 DEFAULT_METHODS = ("improved-gan", "acgan", "vae-m2", "aae", "supervised")
 
 # settings that must match for runs of an existing compare folder to be reused
-_FIXED = ("dataset", "labels", "epochs", "minutes", "val_size", "subset", "batch_size", "method_configs",
+_FIXED = ("dataset", "labels", "labelled", "epochs", "minutes", "val_size", "subset", "batch_size", "method_configs",
           "folder_test_rule")
 
 
@@ -39,7 +39,8 @@ _FIXED = ("dataset", "labels", "epochs", "minutes", "val_size", "subset", "batch
 class CompareConfig:
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     dataset: str = "mnist"
-    labels: int | str = 100
+    labels: int | str | None = None  # None: 100, or the number of ``labelled`` rows
+    labelled: list[int] | None = None  # these training rows are every run's labelled images (``--labelled``)
     seeds: int = 3  # seeds 1..seeds
     epochs: int = 10
     minutes: float | None = None
@@ -71,7 +72,9 @@ class CompareConfig:
             raise GenclsError(f"--seeds {self.seeds}: must be at least 1")
         if self.jobs < 1:
             raise GenclsError(f"--jobs {self.jobs}: must be at least 1")
-        self.labels = TrainConfig(labels=self.labels).validate().labels
+        chosen = TrainConfig(labels=self.labels, labelled=self.labelled).validate()
+        self.labelled = chosen.labelled
+        self.labels = len(self.labelled) if self.labelled is not None else 100 if chosen.labels is None else chosen.labels
         self.train_config("x", 1, "x").validate()
         return self
 
@@ -87,11 +90,18 @@ class CompareConfig:
     def train_config(self, method: str, seed: int, out: str):
         from gencls.config import TrainConfig
 
-        return TrainConfig(method=method, dataset=self.dataset, labels=self.labels, val_size=self.val_size,
+        return TrainConfig(method=method, dataset=self.dataset, labels=self.labels, labelled=self.labelled,
+                           val_size=self.val_size,
                            subset=self.subset, epochs=self.epochs, minutes=self.minutes, batch_size=self.batch_size,
                            seed=seed, data_seed=seed, device=self.device, out=out, data_root=self.data_root,
                            method_config=dict(self.method_configs.get(method, {})), threads=self.run_threads(),
                            progress=False, tensorboard=False, folder_test_rule=self.folder_test_rule)
+
+
+def _setting_text(key: str, value) -> str:
+    if key == "labelled" and isinstance(value, list):
+        return f"{len(value)} chosen rows"
+    return repr(value)
 
 
 def _run_one(train_cfg: dict, run_dir: str, jobs: int = 1) -> dict:
@@ -282,8 +292,10 @@ def compare_markdown(summary: dict) -> str:
              + f"; device {', '.join(devices) or s.get('device', 'auto')}, "
              f"threads per run {_used(runs, 'threads', s.get('threads') or 'default')}, "
              f"{_used(runs, 'jobs', s.get('jobs', 1))} run(s) in parallel. "
-             "Each run is evaluated once on the test set with its best-validation checkpoint; seed s draws "
-             "the labelled images (the same draw for every method).", "",
+             "Each run is evaluated once on the test set with its best-validation checkpoint; "
+             + ("the labelled images are the --labelled rows (every method and seed), seed s draws the validation "
+                "images." if s.get("labelled") else
+                "seed s draws the labelled images (the same draw for every method)."), "",
              "| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
     for r in summary["methods"]:
         lines.append("| " + " | ".join(table_cells(r)) + " |")
@@ -363,7 +375,7 @@ def compare(config: CompareConfig | dict | None = None, log: Callable[[str], Non
         changed = [k for k in _FIXED if old.get(k) != settings.get(k)]
         if changed:
             raise GenclsError(f"--out {out}: holds a comparison with other settings ({', '.join(changed)}: "
-                              + "; ".join(f"{k} was {old.get(k)!r}" for k in changed)
+                              + "; ".join(f"{k} was {_setting_text(k, old.get(k))}" for k in changed)
                               + "); use another --out or the same settings")
     settings = asdict(cfg)
     atomic_write_json(settings_path, settings)
