@@ -1,7 +1,8 @@
 """The semi-supervised split: labelled, validation and unlabelled indices into the training set.
 
 - validation: ``val_size`` images, class-balanced, used for model selection only;
-- labelled: ``labels`` images, class-balanced, disjoint from validation;
+- labelled: ``labels`` images, class-balanced, disjoint from validation (or the images a user
+  chose, ``--labelled``: validation is then drawn from the others);
 - unlabelled: every training image not in validation (the labelled ones included, as in
   Salimans et al. 2016).
 All three are fixed by ``data_seed``. Images whose target is -1 have no label (a folder dataset's
