@@ -93,8 +93,11 @@ def test_chosen_labelled_images_and_validation_from_the_rest():
         make_split(y, chosen[y[chosen] != 9], 500, data_seed=3)
     y2 = y.clone()
     y2[chosen[0]] = -1  # a folder's unlabelled image
-    with pytest.raises(GenclsError, match=f"--labelled: training image {int(chosen[0])} has no label"):
+    with pytest.raises(GenclsError, match=f"--labelled: row {int(chosen[0])} of the training set has no label"):
         make_split(y2, chosen, 500, data_seed=3)
+    rows = torch.arange(len(y)) + 1000  # a --subset draw: position i is row 1000 + i
+    with pytest.raises(GenclsError, match=f"--labelled: row {int(chosen[0]) + 1000} of the training set has no"):
+        make_split(y2, chosen, 500, data_seed=3, rows=rows)
 
 
 def test_labelled_rows_through_a_subset_and_from_files(tmp_path):

@@ -49,7 +49,7 @@ def _balanced_counts(total: int, num_classes: int, available: torch.Tensor, what
 
 def make_split(targets: torch.Tensor, labels: int | str | torch.Tensor, val_size: int, data_seed: int,
                num_classes: int | None = None, class_names: list[str] | None = None,
-               val_default: str | None = None) -> SSLSplit:
+               val_default: str | None = None, rows: torch.Tensor | None = None) -> SSLSplit:
     """Draw the split. ``labels`` is a count, ``"all"`` (every non-validation image) or a tensor of
     the positions in ``targets`` that are the labelled images (``--labelled``; validation is then
     drawn from the others).
@@ -73,7 +73,7 @@ def make_split(targets: torch.Tensor, labels: int | str | torch.Tensor, val_size
     chosen = None
     if isinstance(labels, torch.Tensor):  # --labelled: these, each class's validation from its others
         chosen = labels.long()
-        _check_chosen(chosen, targets, k, class_names)
+        _check_chosen(chosen, targets, k, class_names, rows)
         is_chosen = torch.zeros(n, dtype=torch.bool)
         is_chosen[chosen] = True
         perm = perm[~is_chosen[perm]]
@@ -114,14 +114,17 @@ def make_split(targets: torch.Tensor, labels: int | str | torch.Tensor, val_size
     return SSLSplit(labelled.sort().values, validation.sort().values, mask.nonzero().flatten())
 
 
-def _check_chosen(rows: torch.Tensor, targets: torch.Tensor, k: int, class_names: list[str] | None) -> None:
-    """``--labelled`` positions: each has a label, and every class has one."""
-    no_label = rows[targets[rows] < 0]
+def _check_chosen(pos: torch.Tensor, targets: torch.Tensor, k: int, class_names: list[str] | None,
+                  rows: torch.Tensor | None) -> None:
+    """``--labelled`` positions: each has a label, and every class has one (``rows``: the training
+    set's row of each position, for the messages; None: the same)."""
+    no_label = pos[targets[pos] < 0]
     if len(no_label):
-        raise GenclsError(f"--labelled: training image {int(no_label[0])} has no label (it is an unlabelled image)")
-    missing = sorted(set(range(k)) - set(targets[rows].tolist()))
+        row = int(no_label[0] if rows is None else rows[no_label[0]])
+        raise GenclsError(f"--labelled: row {row} of the training set has no label (it is an unlabelled image)")
+    missing = sorted(set(range(k)) - set(targets[pos].tolist()))
     if missing:
-        raise GenclsError(f"--labelled: no image of {_name(missing[0], class_names)} among the {len(rows)} listed "
+        raise GenclsError(f"--labelled: no image of {_name(missing[0], class_names)} among the {len(pos)} listed "
                           "(every class needs at least one labelled image)")
 
 

@@ -506,7 +506,7 @@ class _Run:
             chosen = labelled_positions(cfg.labelled, self.sub, len(data.labels))
         try:
             self.split = make_split(targets, chosen, cfg.val_size, cfg.data_seed, num_classes=len(data.classes),
-                                    class_names=list(data.classes), val_default=val_default)
+                                    class_names=list(data.classes), val_default=val_default, rows=self.sub)
         except GenclsError as e:
             if labels_given or not str(e).startswith("--labels"):
                 raise
