@@ -179,7 +179,8 @@ def test_loopback_detection():
 
 def test_connections_beyond_the_limit_get_503(gan_run):
     """--max-connections bounds the uploads held in memory at once: a connection beyond it is
-    answered 503 at once, while the slow upload that holds a slot keeps it; afterwards all is well."""
+    answered 503 at once, while the slow uploads that hold the slots keep them (all of them: with
+    --max-connections 2 the second was refused too, and with 1 every request); afterwards all is well."""
     import socket
     import time
 
@@ -196,7 +197,7 @@ def test_connections_beyond_the_limit_get_503(gan_run):
                                                            limits, "error"))
     try:
         slow = []
-        for _ in range(2):  # uploads that never finish
+        for _ in range(3):  # uploads that never finish
             c = socket.create_connection(("127.0.0.1", port))
             c.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
                       b"Content-Length: 100000\r\n\r\n--b")
@@ -209,11 +210,22 @@ def test_connections_beyond_the_limit_get_503(gan_run):
                 answers.append(c.recv(64))
             except socket.timeout:
                 answers.append(b"(still uploading)")
-        assert answers[0] == b"(still uploading)" and answers[1].startswith(b"HTTP/1.1 503"), answers
+        assert answers[:2] == [b"(still uploading)"] * 2 and answers[2].startswith(b"HTTP/1.1 503"), answers
         for c in slow:
             c.close()
         time.sleep(0.3)
         assert httpx.get(url + "/health", timeout=5).status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    one = ServerLimits(max_connections=1)  # one connection at a time: that one is answered
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url, server, thread = start_server(None, server_config(create_app(str(gan_run), one), "127.0.0.1", port, one,
+                                                           "error"))
+    try:
+        assert [httpx.get(url + "/health", timeout=5).status_code for _ in range(3)] == [200] * 3
     finally:
         server.should_exit = True
         thread.join(timeout=10)

@@ -344,4 +344,7 @@ def server_config(app, host: str, port: int, limits: ServerLimits, log_level: st
     uploads held in memory at once stay under max_connections x max_upload_bytes."""
     import uvicorn
 
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, limit_concurrency=limits.max_connections)
+    # uvicorn counts the connection being answered among the open ones (at its limit L it answers
+    # 503 once L connections are open, this one included: L - 1 others), so L is the limit + 1
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                          limit_concurrency=limits.max_connections + 1)
