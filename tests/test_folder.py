@@ -446,3 +446,17 @@ def test_generation_metrics_of_a_folder_run_use_its_own_images(folder_run, folde
     # the CLI's prepare makes the same network for the folder (found in the cache, not trained again)
     assert main(["metrics", "prepare", "--dataset", f"folder:{folder}", "--data-root", str(cache_root)]) == 0
     assert ", cached, was trained" in capsys.readouterr().out
+
+
+def test_compare_on_a_labelled_folder_uses_trains_defaults(tmp_path, folder, cache_root):
+    """compare on folder:PATH with PATH/labelled/ takes every labelled image, as train does (its
+    default of 100 labels failed: e.g. 'class eight has only 7 images, 10 needed')."""
+    from gencls.comparison import CompareConfig, compare
+
+    out = tmp_path / "cmp"
+    summary = compare(CompareConfig(methods=["supervised"], dataset=f"folder:{folder}", seeds=1, epochs=1,
+                                    batch_size=50, threads=1, device="cpu", data_root=str(cache_root), out=str(out)),
+                      log=lambda s: None)
+    assert summary["settings"]["labels"] is None and summary["runs"][0]["labelled_images"] == 100
+    assert json.loads((out / "runs" / "supervised-seed1" / "config.json").read_text())["labels"] == "all"
+    assert "100 labels" in (out / "compare.md").read_text().splitlines()[0]

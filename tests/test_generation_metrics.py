@@ -179,3 +179,19 @@ def test_two_processes_asking_for_one_feature_net_train_it_once(tmp_path, data_r
     (net,) = tmp_path.glob("digits-*.safetensors")
     assert json.loads(net.with_suffix(".json").read_text())["sha256"] == featurenet.sha256_file(net) == a["sha256"]
     assert not list(tmp_path.glob(".*.lock"))  # the lock file goes with its last holder
+
+
+def test_a_plain_evaluate_keeps_the_earlier_generation_results(gan_run, small_feature_net, tmp_path):
+    """`evaluate --generation` then `evaluate`: eval.json keeps the generation metrics of the same
+    checkpoint (they were dropped, and cost minutes to measure again), as it keeps OOD results."""
+    import shutil
+
+    import gencls
+
+    run = tmp_path / "run"
+    shutil.copytree(gan_run, run)
+    first = gencls.evaluate(run, generation=True, n=100, cas_epochs=1, feature_net=small_feature_net,
+                            log=lambda s: None)
+    gencls.evaluate(run, log=lambda s: None)
+    saved = json.loads((run / "eval.json").read_text())
+    assert saved["generation"] == json.loads(json.dumps(first["generation"]))

@@ -169,6 +169,8 @@ def ood_calibration(run: Run | str | Path, data_root: str | None = None, write: 
                     "percentile": OOD_PERCENTILE, "threshold": None, "calibrated_on": None}
     if run.path is None:  # a bare checkpoint file: no validation split to calibrate on
         run.ood = {**uncalibrated, "note": "no run folder, so no validation split to calibrate on"}
+        log("note: a checkpoint file without its run folder has no validation split to calibrate the "
+            "out-of-distribution threshold on: OOD scores are given, nothing is flagged")
         return run.ood
     path = run.path / "ood.json"
     if path.exists():
@@ -286,16 +288,18 @@ def evaluate(run: Run | str | Path, split: str = "test", data_root: str | None =
                                                  cas_epochs=cas_epochs, log=log, **spec)
     name = "eval.json" if split == "test" else f"eval_{split}.json"
     write = write and run.path is not None
+    previous = _previous_eval(run.path / name, report) if write else {}
     if ood:
-        report["ood"] = _previous_ood(run.path / name, report) if write else {}
+        report["ood"] = dict(previous.get("ood") or {})
         report["ood"].update(evaluate_ood(run, x, ood, data_root=root, log=log))
     if write:
         from gencls.evaluation.plots import plot_confusion
 
-        if not ood:
-            prev = _previous_ood(run.path / name, report)
-            if prev:
-                report["ood"] = prev
+        # what an earlier call measured of the same checkpoint (OOD sets, generation) is kept
+        if not ood and previous.get("ood"):
+            report["ood"] = previous["ood"]
+        if not generation and previous.get("generation"):
+            report["generation"] = previous["generation"]
         try:
             atomic_write_json(run.path / name, report)
             plot_confusion(report["confusion_matrix"], run.classes,
@@ -306,16 +310,18 @@ def evaluate(run: Run | str | Path, split: str = "test", data_root: str | None =
     return report
 
 
-def _previous_ood(path: Path, report: dict) -> dict:
-    """OOD results already in an eval file for the same checkpoint (kept when another is added)."""
+def _previous_eval(path: Path, report: dict) -> dict:
+    """The eval file already there if it is of the same checkpoint and split (its OOD and generation
+    results are kept when the checkpoint is evaluated again), else {}."""
     try:
         old = read_json(path) if path.exists() else {}
     except GenclsError:
         return {}
-    if (old.get("checkpoint_epoch") != report["checkpoint_epoch"] or old.get("split") != report["split"]
+    if (not isinstance(old, dict) or old.get("checkpoint_epoch") != report["checkpoint_epoch"]
+            or old.get("split") != report["split"]
             or old.get("checkpoint_step", report["checkpoint_step"]) != report["checkpoint_step"]):
         return {}
-    return dict(old.get("ood") or {})
+    return old
 
 
 def evaluate_ood(run: Run | str | Path, x_in: torch.Tensor, against: list[str] | tuple[str, ...],

@@ -297,24 +297,27 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="train and evaluate several methods over several seeds, side by side")
     c.add_argument("--methods", help=f"comma-separated, any of: {{METHODS}} (default: all five, "
                                      "improved-gan,acgan,vae-m2,aae,supervised)")
-    c.add_argument("--dataset", default="mnist", help=f"one of: {{DATASETS}}")
-    c.add_argument("--labels", type=_labels, help="labelled images per run, drawn by each seed (default 100)")
+    c.add_argument("--dataset", default="mnist", help=f"one of: {{DATASETS}}, or folder:PATH (default mnist)")
+    c.add_argument("--labels", type=_labels, help="labelled images per run, drawn by each seed (default: as train, "
+                   "100; folder:PATH with PATH/labelled/: all)")
     c.add_argument("--labelled", metavar="FILE", help="these training rows are every run's labelled images (as "
                    "train --labelled)")
     c.add_argument("--seeds", type=_positive_int, default=3,
-                   help="seeds 1..N; seed s also draws the labelled split (the same for every method)")
-    c.add_argument("--epochs", type=_positive_int, default=10)
+                   help="seeds 1..N; seed s also draws the labelled split (the same for every method) (default 3)")
+    c.add_argument("--epochs", type=_positive_int, default=10, help="per run (default 10)")
     c.add_argument("--minutes", type=_positive_float, help="per run: stop at the first epoch end after this many minutes")
     c.add_argument("--out", required=True, help="compare folder (rerun to resume: finished runs are kept)")
-    c.add_argument("--jobs", type=_positive_int, default=1, help="runs trained in parallel processes")
+    c.add_argument("--jobs", type=_positive_int, default=1, help="runs trained in parallel processes (default 1)")
     c.add_argument("--threads", type=_positive_int, help="CPU threads per run")
     c.add_argument("--val-size", type=_nonneg_int, help="validation images per run (default: as train, 10%% of "
                    "the training images, at most 5000)")
     c.add_argument("--subset", type=_positive_int)
-    c.add_argument("--batch-size", type=_positive_int, default=100)
+    c.add_argument("--batch-size", type=_positive_int, default=100, help="(default 100)")
     c.add_argument("--set", dest="settings", type=_method_setting, action="append", default=[],
                    metavar="METHOD:KEY=VALUE", help="a method setting, e.g. --set vae-m2:alpha=10 (repeatable)")
-    c.add_argument("--device", default="auto")
+    c.add_argument("--on-nan", choices=["stop", "skip"], default="stop", help="a run's NaN/inf loss or exploding "
+                   "gradient: stop it (shown as failed; the default) or skip the batch")
+    c.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     c.add_argument("--data-root")
 
     r = sub.add_parser("report", help="write a self-contained report.html for a run or a compare folder")
@@ -576,7 +579,8 @@ def cmd_compare(args) -> int:
     cfg = CompareConfig(methods=[m.strip() for m in methods if m.strip()], dataset=args.dataset,
                         labels=args.labels, labelled=labelled, seeds=args.seeds, epochs=args.epochs, minutes=args.minutes, out=args.out,
                         jobs=args.jobs, threads=args.threads, device=args.device, data_root=args.data_root,
-                        val_size=args.val_size, subset=args.subset, batch_size=args.batch_size, method_configs=configs)
+                        val_size=args.val_size, subset=args.subset, batch_size=args.batch_size, method_configs=configs,
+                        on_nan=args.on_nan)
     summary = compare(cfg)
     print((Path(args.out) / "compare.md").read_text())
     if summary["failed"]:  # the table is written; the exit status says it is incomplete

@@ -39,7 +39,7 @@ _FIXED = ("dataset", "labels", "labelled", "epochs", "minutes", "val_size", "sub
 class CompareConfig:
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     dataset: str = "mnist"
-    labels: int | str | None = None  # None: 100, or the number of ``labelled`` rows
+    labels: int | str | None = None  # None: the dataset's default, as train (100; a labelled folder: all)
     labelled: list[int] | None = None  # these training rows are every run's labelled images (``--labelled``)
     seeds: int = 3  # seeds 1..seeds
     epochs: int = 10
@@ -53,6 +53,7 @@ class CompareConfig:
     subset: int | None = None
     batch_size: int = 100
     method_configs: dict[str, dict] = field(default_factory=dict)  # per method: its --set values
+    on_nan: str = "stop"  # a run's non-finite loss or exploding gradient: "stop" it (failed) or "skip" the batch
     folder_test_rule: int = 2  # a folder dataset's test hold-out (TrainConfig's); an older folder keeps 1
 
     def validate(self) -> "CompareConfig":
@@ -74,7 +75,7 @@ class CompareConfig:
             raise GenclsError(f"--jobs {self.jobs}: must be at least 1")
         chosen = TrainConfig(labels=self.labels, labelled=self.labelled).validate()
         self.labelled = chosen.labelled
-        self.labels = len(self.labelled) if self.labelled is not None else 100 if chosen.labels is None else chosen.labels
+        self.labels = len(self.labelled) if self.labelled is not None else chosen.labels
         self.train_config("x", 1, "x").validate()
         return self
 
@@ -95,7 +96,8 @@ class CompareConfig:
                            subset=self.subset, epochs=self.epochs, minutes=self.minutes, batch_size=self.batch_size,
                            seed=seed, data_seed=seed, device=self.device, out=out, data_root=self.data_root,
                            method_config=dict(self.method_configs.get(method, {})), threads=self.run_threads(),
-                           progress=False, tensorboard=False, folder_test_rule=self.folder_test_rule)
+                           progress=False, tensorboard=False, folder_test_rule=self.folder_test_rule,
+                           on_nan=self.on_nan)
 
 
 def _setting_text(key: str, value) -> str:
@@ -147,7 +149,8 @@ def _run_one(train_cfg: dict, run_dir: str, jobs: int = 1) -> dict:
                   "train_seconds": sum(r["epoch_seconds"] for r in rows),
                   "parameters": run.method.trained_parameter_count(),
                   "threads": cfg.threads or torch.get_num_threads(), "jobs": jobs, "resumed": resumed,
-                  "val_images": (run.meta.get("split_sizes") or {}).get("validation")}
+                  "val_images": (run.meta.get("split_sizes") or {}).get("validation"),
+                  "labelled_images": (run.meta.get("split_sizes") or {}).get("labelled")}
         atomic_write_json(out / "result.json", result)
         return result
     except TrainingDiverged as e:
@@ -209,7 +212,7 @@ def _summarise(cfg: CompareConfig, results: list[dict]) -> list[dict]:
     """One row per method: statistics over its finished runs (sample std, n - 1), its failed seeds listed."""
     from gencls.methods import get_method_class
 
-    key = f"{cfg.dataset}/{cfg.labels}"
+    key = f"{cfg.dataset}/{_labels_used(asdict(cfg), results)}"
     rows = []
     for m in cfg.methods:
         mine = [r for r in results if r["method"] == m]
@@ -269,6 +272,13 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
+def _labels_used(settings: dict, runs: list[dict]) -> str:
+    """The labelled images per run: as set, else as the runs resolved the dataset's default."""
+    if settings.get("labels") is not None:
+        return str(settings["labels"])
+    return _used(runs, "labelled_images", "default")
+
+
 def _used(runs: list[dict], key: str, default) -> str:
     """What the runs used for ``key`` (threads, jobs): one value, or the values of a mix."""
     vals = sorted({r.get(key) for r in runs if not r.get("failed") and r.get(key) is not None})
@@ -285,7 +295,7 @@ def compare_markdown(summary: dict) -> str:
     if s.get("minutes"):
         budget += f" or {s['minutes']} min of training (checked at epoch ends), whichever ends first"
     devices = sorted({r.get("device") or "unrecorded" for r in runs if not r.get("failed")})
-    lines = [f"# Comparison: {s['dataset']}, {s['labels']} labels, seeds 1..{s['seeds']}", "",
+    lines = [f"# Comparison: {s['dataset']}, {_labels_used(s, runs)} labels, seeds 1..{s['seeds']}", "",
              f"Budget per run: {budget}, batch {s['batch_size']}, "
              f"validation {_used(runs, 'val_images', 'default' if s.get('val_size') is None else s['val_size'])} images"
              + (f", subset {s['subset']}" if s.get("subset") else "")
@@ -338,7 +348,8 @@ def plot_compare(summary: dict, path: str | Path) -> None:
     ax.set_xticks(list(xs), [r["method"] for r in rows], rotation=20)
     ax.set_ylabel("test error (%)")
     s = summary["settings"]
-    ax.set_title(f"{s['dataset']}, {s['labels']} labels, {s['seeds']} seed(s)", fontsize=10)
+    ax.set_title(f"{s['dataset']}, {_labels_used(s, summary.get('runs', []))} labels, {s['seeds']} seed(s)",
+                 fontsize=10)
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -371,11 +382,14 @@ def compare(config: CompareConfig | dict | None = None, log: Callable[[str], Non
         cfg.folder_test_rule = old["folder_test_rule"]
         if cfg.val_size is None and "val_size" in old:  # a default left out: the folder's value stands
             cfg.val_size = old["val_size"]
+        if cfg.labels is None and cfg.labelled is None and "labels" in old:
+            cfg.labels = old["labels"]  # likewise (a folder from when compare's default was 100)
         settings = asdict(cfg)
         changed = [k for k in _FIXED if old.get(k) != settings.get(k)]
         if changed:
             raise GenclsError(f"--out {out}: holds a comparison with other settings ({', '.join(changed)}: "
-                              + "; ".join(f"{k} was {_setting_text(k, old.get(k))}" for k in changed)
+                              + "; ".join(f"{k} was {_setting_text(k, old.get(k))}, now "
+                                          f"{_setting_text(k, settings.get(k))}" for k in changed)
                               + "); use another --out or the same settings")
     settings = asdict(cfg)
     atomic_write_json(settings_path, settings)
