@@ -79,6 +79,7 @@ def test_limits_give_clear_4xx_json(client, case, mnist_test):
     elif case == "chunked":  # no Content-Length: counted while reading
         r = client.post("/predict", content=iter([b"x" * 100_000] * 3), headers={"content-type": "multipart/form-data; boundary=b"})
         assert r.status_code == 413
+        assert r.json()["detail"] == "request body is over the limit of 200000 bytes"
     elif case == "bomb":  # 2000x2000 of black compresses to a few kB; refused from the header, before decoding
         r = client.post("/predict", files=[("files", ("bomb.png", png(np.zeros((2000, 2000), np.uint8)), "image/png"))])
         assert r.status_code == 413 and "pixels" in r.json()["detail"]

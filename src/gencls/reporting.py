@@ -221,6 +221,8 @@ def run_report(run_dir: str | Path, out: str | Path | None = None, data_root: st
     eval_path = run_dir / "eval.json"
     ev = read_json(eval_path) if eval_path.exists() else None
     if ev is None or not _same_checkpoint(ev, run.meta):  # none, or of another checkpoint (a resumed run)
+        log(f"report: evaluating the checkpoint of epoch {run.meta.get('epoch')} on the test set "
+            f"({'no eval.json yet' if ev is None else 'eval.json is of another checkpoint'}); writes eval.json")
         ev = evaluate(run, "test", data_root=data_root, log=log)
     test = load_run_split(run.config, "test", data_root, log=log)
     x = test.images.float().div(255)

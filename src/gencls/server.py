@@ -78,8 +78,9 @@ class BodyLimit:
         await self.app(scope, replay_receive, send)
 
     async def _refuse(self, send, declared):
-        size = f"{declared} bytes" if declared is not None else "more"
-        body = json.dumps({"detail": f"request body is {size}; the limit is {self.limit} bytes"}).encode()
+        detail = (f"request body is {declared} bytes; the limit is {self.limit} bytes" if declared is not None
+                  else f"request body is over the limit of {self.limit} bytes")  # chunked: no size announced
+        body = json.dumps({"detail": detail}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
