@@ -158,3 +158,14 @@ def test_class_names_with_slashes_become_safe_file_names(runs, tmp_path):
     paths = gencls.write_images(run, images, tmp_path / "out", labels=[0, 0])
     assert [p.name for p in paths] == ["00000_T-shirt_top.png", "00001_T-shirt_top.png"]
     assert all(p.parent == tmp_path / "out" and p.exists() for p in paths)
+
+
+def test_write_images_takes_class_names_and_refuses_a_label_count_that_does_not_fit(runs, tmp_path):
+    run = gencls.load_run(runs["acgan"])
+    images, rows = gencls.generate_per_class(run, 2, seed=1)
+    with pytest.raises(gencls.GenclsError, match="10 labels given for 20 images: give one per image"):
+        gencls.write_images(run, images, tmp_path / "a", labels=rows)  # one per row: a ValueError before
+    names = [c for c in rows for _ in range(2)]
+    paths = gencls.write_images(run, images, tmp_path / "b", labels=names)
+    assert [p.name for p in paths[:3]] == [f"00000_{rows[0]}.png", f"00001_{rows[0]}.png", f"00002_{rows[1]}.png"]
+    assert gencls.write_images(run, images[:2], tmp_path / "c", labels=rows[3])[1].name == f"00001_{rows[3]}.png"

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -191,3 +192,17 @@ def test_evaluate_cli_into_a_folder_it_cannot_write_does_not_say_it_wrote(tmp_pa
     assert f"wrote {run / 'eval.json'}" in capsys.readouterr().out
     assert main(["evaluate", str(run)]) == 0  # written again over the first
     assert f"wrote {run / 'eval.json'}" in capsys.readouterr().out
+
+
+def test_tensors_outside_the_models_range_are_refused_not_classified(trained_run, mnist_test):
+    """The API takes images in [0, 1]: uint8 pixels are divided by 255 (same answers as the floats);
+    0-255 floats, normalised images, NaN or integer tensors are refused in one line (they were
+    classified, wrongly and silently)."""
+    run = gencls.load_run(trained_run)
+    x8 = mnist_test.images[:32]
+    assert torch.equal(run.logits(x8), run.logits(x8.float() / 255))
+    for bad, needle in [(x8.float(), "values from 0 to 255"), ((x8.float() / 255 - 0.13) / 0.31, "values from -0.4"),
+                        (torch.full((1, 1, 28, 28), float("nan")), "values from nan"),
+                        (x8.long(), "dtype torch.int64"), (x8[0, 0].numpy(), "must be a torch.Tensor")]:
+        with pytest.raises(gencls.InputError, match=needle):
+            run.predict_proba(bad)

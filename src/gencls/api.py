@@ -58,10 +58,23 @@ class Run:
         return float(self.meta.get("background", 0.0))
 
     def _check(self, x: torch.Tensor) -> torch.Tensor:
+        """Images as the model takes them: (N, C, H, W) floats in [0, 1]; uint8 (0-255) is divided by
+        255; other values (0-255 floats, normalised images, NaN) are refused, not classified."""
+        if not isinstance(x, torch.Tensor):
+            raise InputError(f"images must be a torch.Tensor (N, C, H, W), not {type(x).__name__}")
         if x.ndim == 3:
             x = x.unsqueeze(0)
         if tuple(x.shape[1:]) != tuple(self.image_shape):
             raise InputError(f"images of shape {tuple(x.shape[1:])} given; this model takes {tuple(self.image_shape)}")
+        if x.dtype == torch.uint8:
+            return x.float().div_(255)
+        if not x.is_floating_point():
+            raise InputError(f"images of dtype {x.dtype}: give floats in [0, 1] (or uint8 pixels, 0-255)")
+        if x.numel():
+            lo, hi = (float(v) for v in torch.aminmax(x.detach().float()))
+            if not (lo >= -1e-3 and hi <= 1 + 1e-3):  # NaN fails too
+                raise InputError(f"image values from {lo:g} to {hi:g}: this model takes values in [0, 1] "
+                                 "(divide 0-255 pixels by 255; undo any normalisation)")
         return x
 
     def logits(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
@@ -561,9 +574,11 @@ def check_out_dir(out_dir: str | Path, overwrite: bool = False) -> None:
 
 
 def write_images(run: Run | str | Path, images: torch.Tensor, out_dir: str | Path,
-                 labels: torch.Tensor | list[int] | None = None, overwrite: bool = False) -> list[Path]:
+                 labels: torch.Tensor | list[int | str] | int | str | None = None,
+                 overwrite: bool = False) -> list[Path]:
     """One PNG per image in ``out_dir``, named with its class: ``00000_7.png`` for the class it was
-    generated as, or ``00000_pred-7.png`` (the run's own classifier's prediction) when unconditional.
+    generated as (``labels``: one class index or name per image, or one for all), or
+    ``00000_pred-7.png`` (the run's own classifier's prediction) when ``labels`` is None.
     A folder holding an earlier call's images is refused, or with ``overwrite`` they are deleted first:
     only the files an earlier call wrote (listed in the folder's ``.gencls-generated.json``); anything
     else in the folder stays, even if named like these."""
@@ -574,7 +589,14 @@ def write_images(run: Run | str | Path, images: torch.Tensor, out_dir: str | Pat
     check_out_dir(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     if labels is not None:
-        names = [run.classes[int(i)] for i in torch.as_tensor(labels).tolist()]
+        if isinstance(labels, (int, str)):
+            labels = [labels] * len(images)
+        elif isinstance(labels, torch.Tensor):
+            labels = labels.flatten().tolist()
+        if len(labels) != len(images):
+            raise GenclsError(f"{len(labels)} labels given for {len(images)} images: give one per image (or one "
+                              "for all; generate_per_class's second value names its grid's rows, one per class)")
+        names = [run.classes[class_index(run, c)] for c in labels]
     else:
         names = ["pred-" + c for c in run.predict_classes(images)]
     for old in generated_files(out):
