@@ -257,6 +257,30 @@ def test_every_method_stays_identical_across_two_processes():
     mp.spawn(_worker, args=(2, _free_port()), nprocs=2, join=True)
 
 
+def _gloo_threads():
+    return [n for n in (Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in os.listdir("/proc/self/task"))
+            if "gloo" in n]
+
+
+def _leave_worker(rank, world, port):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    with distributed.process_group() as ddp:
+        assert _gloo_threads()
+        import torchvision  # noqa: F401  (as the MNIST loader does, inside the group: it imports torch._dynamo)
+        ddp.barrier()
+    # the group is gone with its threads: none is left to abort the interpreter's teardown
+    assert not _gloo_threads(), _gloo_threads()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="lists threads from /proc")
+def test_leaving_the_group_stops_the_gloo_threads():
+    """A module imported inside the group that keeps ``group.WORLD`` (torch.distributed.nn.functional,
+    imported by torch._dynamo, imported by torchvision) kept gloo's threads past destroy_process_group:
+    they sometimes aborted the process at interpreter teardown (SIGABRT)."""
+    mp.spawn(_leave_worker, args=(2, _free_port()), nprocs=2, join=True)
+
+
 def test_a_non_finite_step_on_one_process_is_seen_in_the_epochs_average():
     """The epoch's loss sums are averaged over the processes before the --on-nan stop check: one
     non-finite step on one of two processes averages to 0.5 and must still count."""

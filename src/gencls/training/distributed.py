@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib
 import json
 import os
 from typing import Any, Callable
@@ -333,6 +334,13 @@ def process_group():
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+    # Before the group exists: torch.distributed.nn.functional takes ``group.WORLD`` as it is at its
+    # import as the default argument of its collectives. Imported later (torch._dynamo imports it, and
+    # torchvision imports torch._dynamo: the MNIST loader's first ``import torchvision``), those defaults
+    # keep the group -- and gloo's worker threads -- alive after destroy_process_group, into interpreter
+    # teardown, where a worker still releasing the last collective's tensors needs the GIL the exiting
+    # interpreter no longer gives: "terminate called without an active exception" (SIGABRT).
+    importlib.import_module("torch.distributed.nn.functional")
     dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(minutes=30))
     ctx = Context(rank, world, local_rank, active=True)
     try:
