@@ -324,7 +324,9 @@ def convert_sync_batchnorm(module: nn.Module) -> int:
 def process_group():
     """The process group when run by torchrun (joined here, left at the end or on an error),
     else a single-process ``Context``. A group the caller already joined is used and kept (it
-    must take CPU tensors: gloo, or ``"cpu:gloo,cuda:nccl"`` as here)."""
+    must take CPU tensors: gloo, or ``"cpu:gloo,cuda:nccl"`` as here); such a caller should import
+    ``torch.distributed.nn.functional`` (or torchvision) before ``init_process_group``, as done
+    here, or its ``destroy_process_group`` leaves gloo's threads running into interpreter exit."""
     if dist.is_available() and dist.is_initialized():
         yield Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), active=True)
         return
