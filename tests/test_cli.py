@@ -199,3 +199,17 @@ def test_train_with_chosen_labelled_images(tmp_path, data_root):
     assert main(["train", *common, "--labelled", str(tmp_path / "a" / "split.json"), "--labels", "20",
                  "--out", str(tmp_path / "d")]) == 2
     assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+
+
+def test_an_unknown_argument_points_to_its_commands_help(capsys):
+    from gencls.cli import main
+
+    for argv, prog in [(["compare", "--on-nanx", "skip", "--out", "x"], "gencls compare"),
+                       (["data", "fetch", "mnist", "--bogus"], "gencls data fetch"),
+                       (["predict", "runs/a", "--onnx", "m.onnx", "dir", "extra"], "gencls predict"),
+                       (["--bogus"], "gencls")]:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1, err
+        assert err.startswith(f"{prog}: error: unrecognized arguments:") and f"(see {prog} --help)" in err, err

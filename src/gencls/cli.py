@@ -42,6 +42,22 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", _Formatter)
         super().__init__(*args, **kwargs)
+        self.commands: dict[str, _Parser] = {}  # on the top parser: every (sub)command's parser by its prog
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse, but an unknown argument is reported by the (sub)command's own parser, so
+        that the message points to its help (``gencls compare --help``, not ``gencls --help``)."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            words = [w for w in (sys.argv[1:] if args is None else args) if not w.startswith("-")]
+            owner, prog = self, self.prog
+            for w in words:  # the deepest command named on the line
+                prog = f"{prog} {w}"
+                if prog not in self.commands:
+                    break
+                owner = self.commands[prog]
+            owner.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
 
     def error(self, message: str):
         sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -326,6 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-root")
 
     sub.add_parser("methods", help="list the registered methods")
+    def register(parser):  # every (sub)command's parser, for parse_args' messages
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sp in action.choices.values():
+                    p.commands[sp.prog] = sp
+                    register(sp)
+
+    register(p)
     return p
 
 
