@@ -213,3 +213,5 @@ def test_an_unknown_argument_points_to_its_commands_help(capsys):
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.count("\n") == 1, err
         assert err.startswith(f"{prog}: error: unrecognized arguments:") and f"(see {prog} --help)" in err, err
+    assert main(["train", "--seeds", "1,2", "--seed", "5", "--out", "x"]) == 2  # --seed was ignored
+    assert "--seed 5 and --seeds: give one" in capsys.readouterr().err

@@ -167,6 +167,7 @@ def test_offline_without_files_says_where_to_put_them(tmp_path, offline, name):
     msg = str(e.value)
     assert "\n" not in msg and str(tmp_path) in msg
     assert ("data_batch_1" in msg and "cifar-10-batches-py" in msg) if name == "cifar10" else "train_32x32.mat" in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no empty folder left by the failed download
 
 
 @pytest.mark.parametrize("method,settings", [

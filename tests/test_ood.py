@@ -138,6 +138,10 @@ def test_evaluate_ood_auroc_mnist_vs_noise_and_fashion(gan_run, sup_run):
     # every method has a score: the supervised baseline's is the maximum softmax probability
     r = gencls.evaluate(sup_run, ood=("noise",), log=lambda s: None)
     assert r["ood"]["noise"]["score"] == "maximum softmax probability" and 0.0 <= r["ood"]["noise"]["auroc"] <= 1.0
+    # the run's own dataset as the "other" set: measured (0.5) but said to be no OOD test
+    lines = []
+    r = gencls.evaluate(sup_run, ood=("mnist",), write=False, log=lines.append)
+    assert any("own dataset" in s for s in lines) and abs(r["ood"]["mnist"]["auroc"] - 0.5) < 0.01
 
 
 def test_unknown_ood_set_is_a_user_error(gan_run):

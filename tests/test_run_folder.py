@@ -250,10 +250,23 @@ def test_a_refused_out_folder_keeps_its_temporary_files(tmp_path, data_root):
         p.parent.mkdir(parents=True)
         p.write_text("in progress")
     (home / "notes.txt").write_text("notes")
-    with pytest.raises(gencls.GenclsError, match="not empty"):
+    with pytest.raises(gencls.GenclsError, match="holds other files \\(not a gencls run folder\\); give another"):
         gencls.train(cfg(tmp_path, "home"), log=quiet)
     assert all(p.exists() for p in theirs)
     assert not (home / ".gencls.lock").exists()
+
+
+def test_a_run_folder_without_a_checkpoint_is_not_offered_to_resume(tmp_path, data_root):
+    """A run stopped before its first checkpoint: training into it again suggests --overwrite, not
+    --resume (which then failed: no checkpoint); one with a checkpoint suggests both."""
+    run = tmp_path / "run"
+    gencls.train(cfg(tmp_path, "run"), log=quiet)
+    with pytest.raises(gencls.GenclsError, match="use --resume to continue it or --overwrite"):
+        gencls.train(cfg(tmp_path, "run"), log=quiet)
+    shutil.rmtree(run / "checkpoints")
+    with pytest.raises(gencls.GenclsError, match="no checkpoint to continue from: use --overwrite") as e:
+        gencls.train(cfg(tmp_path, "run"), log=quiet)
+    assert "--resume" not in str(e.value)
 
 
 def test_a_filesystem_without_flock_trains_unlocked(tmp_path, data_root, monkeypatch):

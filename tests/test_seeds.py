@@ -148,7 +148,7 @@ def test_stacked_guard_checks_and_names_each_seed():
         guard.check()
 
     norms_step(4.5)  # each seed's norm is below the limit (the joint norm, 5, is not)
-    with pytest.raises(NonFiniteError, match=r"gradient norm of seed 9 exploded \(4\)"):
+    with pytest.raises(NonFiniteError, match=r"gradient norm of seed 9 \(the step on loss\) exploded \(4\)"):
         norms_step(3.5)
 
     S, B = 2, 8

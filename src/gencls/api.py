@@ -349,6 +349,9 @@ def evaluate_ood(run: Run | str | Path, x_in: torch.Tensor, against: list[str] |
     s_in = run.ood_scores(x_in)
     out = {}
     for name in against:
+        if name == run.config.dataset:
+            log(f"note: --ood {name} is this run's own dataset: its images are not out of distribution "
+                "(expect an AUROC near 0.5)")
         s_out = run.ood_scores(ood_images(name, run.image_shape, data_root, log=log))
         out[name] = {"auroc": auroc(s_in, s_out), "fpr_at_95_tpr": fpr_at_tpr(s_in, s_out, 0.95),
                      "n_in": len(s_in), "n_out": len(s_out), "score": cal["score"], "threshold": t,

@@ -381,6 +381,9 @@ def cmd_train(args) -> int:
     from gencls.config import TrainConfig
 
     given = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
+    if "seed" in given and "seeds" in given:
+        raise GenclsError(f"--seed {given['seed']} and --seeds: give one (--seeds trains seed s with data seed s "
+                          "unless --data-seed is given)")
     if args.settings:
         given["method_config"] = dict(args.settings)
     if args.labelled:
@@ -483,7 +486,7 @@ def cmd_generate(args) -> int:
             labels = [i % len(run.classes) for i in range(args.n)]
     if args.out_dir:
         paths = write_images(run, images, args.out_dir, labels, overwrite=args.overwrite)
-        print(f"wrote {len(paths)} generated images to {args.out_dir}/")
+        print(f"wrote {len(paths)} generated images to {os.path.join(args.out_dir, '')}")
     else:
         save_labelled_grid(images, args.out, nrow=nrow, row_labels=row_labels)
         print(f"wrote {len(images)} generated images to {args.out}")

@@ -24,7 +24,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
-from gencls.errors import GenclsError, TrainingDiverged
+from gencls.errors import GenclsError, TrainingDiverged, TrainingStopped
 from gencls.utils import atomic_write_bytes, atomic_write_json, read_json
 
 # every method of the project, in the order of the README's table (the default of ``compare``)
@@ -156,6 +156,9 @@ def _run_one(train_cfg: dict, run_dir: str, jobs: int = 1) -> dict:
     except TrainingDiverged as e:
         log(f"failed: {e}")
         return _failed(out, record, str(e))
+    except TrainingStopped as e:  # a signal: the run continues when the same compare command runs again
+        text = str(e).split(" Continue with `gencls train --resume", 1)[0]
+        raise TrainingStopped(f"{text} Run the same compare command again to continue.", e.exit_code) from None
     except GenclsError:
         raise
     except Exception as e:  # a crash of this run: recorded, the others go on

@@ -13,6 +13,7 @@ reported in one line:
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -434,6 +435,7 @@ def fetch_svhn(root: Path | None = None, log: Callable[[str], None] = print, spl
     import torchvision
 
     folder = svhn_dir(Path(root) if root is not None else default_root())
+    existed = folder.exists()
     for split in splits:
         path = folder / SVHN_FILES[split]
         if not path.is_file() and download:
@@ -443,6 +445,9 @@ def fetch_svhn(root: Path | None = None, log: Callable[[str], None] = print, spl
             except RuntimeError as e:
                 log(f"svhn: {split}: torchvision's download: no ({e})")
         if not path.is_file():
+            if not existed:  # torchvision made the folder for a download that failed: leave no empty SVHN/
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
             raise DataUnavailableError(
                 f"SVHN not found ({path} missing): connect to the internet for torchvision's download, or put "
                 f"{' and '.join(SVHN_FILES[s] for s in splits)} (from http://ufldl.stanford.edu/housenumbers/) in {folder}")

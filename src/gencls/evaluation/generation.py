@@ -120,7 +120,7 @@ def generation_report(method, classes: list[str], fnet: FeatureNet, dataset: str
     if conditional:
         report.update(label_consistency(logits_gen.argmax(1), labels, classes))
         test = load_split(dataset, "test", data_root, log, **spec)
-        log(f"CAS: training a classifier on the {n} generated images ({cas_epochs} epochs)")
+        log(f"CAS: training a classifier on the {n} generated images ({cas_epochs} epoch{'s' if cas_epochs != 1 else ''})")
         cas = classification_accuracy_score(x_gen, labels, test.images.float().div_(255), test.labels, k,
                                             epochs=cas_epochs, seed=seed, device=fnet.device)
         report["cas"] = cas["cas"]

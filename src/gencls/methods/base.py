@@ -96,7 +96,8 @@ class StepGuard:
             gnorm = torch.zeros(n, device=device)
         values = torch.cat([t.detach().float().reshape(-1) for t in terms.values()] + [gnorm.float()])
         who = [f" of {s}" for s in seeds] if seeds else [""]
-        names = [f"{k}{w}" for k in terms for w in who] + [f"gradient norm{w}" for w in who]
+        step_of = f" (the step on {' + '.join(terms)})" if terms else ""  # which network's update, in a GAN
+        names = [f"{k}{w}" for k in terms for w in who] + [f"gradient norm{w}{step_of}" for w in who]
         if all(g.get("fused") for g in optimizer.param_groups):
             self._device_step(optimizer, names, values, n)
             if not self.lazy:

@@ -63,8 +63,14 @@ def _check_out_dir(out: Path, resume: bool, overwrite: bool, seeds: list[int] | 
         return
     if out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
         if not overwrite:
-            raise GenclsError(f"--out {out}: the run folder exists and is not empty "
-                              "(use --resume to continue it or --overwrite to start again)")
+            if not _looks_like_run(out):
+                raise GenclsError(f"--out {out}: the folder exists and holds other files (not a gencls run "
+                                  "folder); give another --out")
+            resumable = (out / "checkpoints" / "last.safetensors").exists() or (out / "seeds.json").exists()
+            raise GenclsError(f"--out {out}: the run folder exists and is not empty ("
+                              + ("use --resume to continue it or --overwrite to start again)" if resumable else
+                                 "it has no checkpoint to continue from: use --overwrite to start again, or "
+                                 "another --out)"))
         if not _looks_like_run(out):
             raise GenclsError(f"--out {out}: --overwrite only replaces a gencls run folder, and this one is not")
 
@@ -845,7 +851,9 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
             log(f"nothing to train: the run has finished its {epoch - 1} epochs; --epochs N (more than "
                 f"{epoch - 1}) trains on")
     method0 = runs[0].method
-    log(f"method: {cfg.method} ({method0.parameter_count():,} parameters"
+    total, trained = method0.parameter_count(), method0.trained_parameter_count()
+    log(f"method: {cfg.method} ({total:,} parameters" + (f", {trained:,} of them trained by its optimizers"
+                                                         if trained != total else "")
         + (f" per seed, {len(runs)} seed{'s' if len(runs) > 1 else ''}" if several else "") + f") on {device}, "
         f"{iters} iterations of batch {cfg.batch_size} per epoch, epochs {epoch}..{cfg.epochs}"
         + (f", {world} processes (batch {cfg.batch_size} each, {cfg.batch_size * world} per step)" if world > 1 else ""))
