@@ -231,13 +231,10 @@ def _read_config_file(path) -> tuple[dict[str, Any], bool, dict[str, Any]]:
     import tomllib
     from pathlib import Path
 
+    from gencls.utils import read_user_file
+
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise GenclsError(f"--config {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise GenclsError(f"--config {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    text = read_user_file(path, "--config")
     try:
         d = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:

@@ -255,6 +255,18 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def read_user_file(path: str | os.PathLike, flag: str) -> str:
+    """The text of a file a user named with ``flag`` (``--config``, ``--labelled``); a missing or
+    unreadable file is one ``GenclsError`` naming the flag and the file."""
+    path = Path(path)
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise GenclsError(f"{flag} {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise GenclsError(f"{flag} {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+
+
 def read_json(path: str | os.PathLike):
     path = Path(path)
     try:

@@ -154,13 +154,10 @@ def read_labelled_file(path) -> list[int]:
     import re
     from pathlib import Path
 
+    from gencls.utils import read_user_file
+
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise GenclsError(f"--labelled {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise GenclsError(f"--labelled {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    text = read_user_file(path, "--labelled")
     if text.lstrip().startswith(("[", "{")):
         try:
             obj = json.loads(text)
