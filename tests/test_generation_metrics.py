@@ -160,21 +160,27 @@ def test_two_processes_asking_for_one_feature_net_train_it_once(tmp_path, data_r
     import subprocess
     import sys
 
-    code = ("import json, sys; from gencls.evaluation import featurenet\n"
+    go = tmp_path / "go"
+    code = ("import json, os, sys, time; from gencls.evaluation import featurenet\n"
+            f"while sys.argv[1] == 'second' and not os.path.exists({str(go)!r}): time.sleep(0.01)\n"
             f"info = featurenet.prepare('digits', {str(data_root)!r}, cache_dir={str(tmp_path)!r}, epochs=1, "
             "min_steps=300, log=lambda s: print(s, flush=True))\n"
             "print('INFO', json.dumps({'sha256': info['sha256'], 'cached': info['cached']}), flush=True)\n")
-    first = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    # the second process is started (its imports done) before the first trains, and asks the moment
+    # the first says it is training: the first's ~300 steps are the margin, not the imports' time
+    second = subprocess.Popen([sys.executable, "-c", code, "second"], stdout=subprocess.PIPE, text=True)
+    first = subprocess.Popen([sys.executable, "-c", code, "first"], stdout=subprocess.PIPE, text=True)
     for line in first.stdout:  # until it is training
         if line.startswith("training the digits feature network"):
             break
-    second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    go.touch()
+    out2 = second.communicate(timeout=300)[0]
     rest = first.communicate(timeout=300)[0]
-    assert first.returncode == 0 and second.returncode == 0, second.stderr
-    assert f"waiting for another gencls process (pid {first.pid})" in second.stdout, second.stdout
-    assert "training the digits feature network" not in second.stdout  # it read the cache
+    assert first.returncode == 0 and second.returncode == 0, out2
+    assert f"waiting for another gencls process (pid {first.pid})" in out2, out2
+    assert "training the digits feature network" not in out2  # it read the cache
     a = json.loads(rest.split("INFO ", 1)[1])
-    b = json.loads(second.stdout.split("INFO ", 1)[1])
+    b = json.loads(out2.split("INFO ", 1)[1])
     assert a["sha256"] == b["sha256"] and not a["cached"] and b["cached"]
     (net,) = tmp_path.glob("digits-*.safetensors")
     assert json.loads(net.with_suffix(".json").read_text())["sha256"] == featurenet.sha256_file(net) == a["sha256"]
