@@ -209,10 +209,23 @@ def test_cli_seeds(tmp_path, data_root):
     assert r.returncode == 0, r.stderr
     assert "seed-S" in r.stdout and "mean" in r.stdout + r.stderr
     assert (out / "seed-1" / "checkpoints" / "best.safetensors").exists()
+    # evaluate OUT: every seed (each its own eval.json), then mean ± sample std over the seeds
     r = cli("evaluate", str(out))
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "eval.json").read_text())
+    errors = [json.loads((out / f"seed-{s}" / "eval.json").read_text())["error_percent"] for s in (1, 2)]
+    assert [summary["seeds"][f"seed-{s}"]["error_percent"] for s in (1, 2)] == errors
+    e = summary["error_percent"]
+    assert e["n"] == 2 and e["mean"] == pytest.approx(sum(errors) / 2)
+    assert e["std"] == pytest.approx(abs(errors[0] - errors[1]) / 2 ** 0.5)  # n - 1
+    assert f"error {e['mean']:.2f} ± {e['std']:.2f}% (mean ± sample std)" in r.stdout
+    r = cli("predict", str(out), str(out / "seed-1" / "config.json"))  # one model is needed here
     assert r.returncode != 0 and "one run per seed" in r.stderr and "Traceback" not in r.stderr
     r = cli("evaluate", str(out / "seed-2"), "--split", "val")
     assert r.returncode == 0, r.stderr
+    (out / "seed-2" / "checkpoints" / "best.safetensors").unlink()
+    r = cli("evaluate", str(out))
+    assert r.returncode == 2 and "seed-2 not trained yet" in r.stderr and "Traceback" not in r.stderr
     for bad in ("1,1", "x", "3-"):
         r = cli("train", "--seeds", bad, "--out", str(tmp_path / "bad"))
         assert r.returncode == 2 and "--seeds" in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)

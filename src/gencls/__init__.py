@@ -7,6 +7,7 @@ images, evaluate it honestly, generate images, and classify files::
     run_dir = gencls.train(gencls.TrainConfig(method="improved-gan", labels=100, epochs=10, out="runs/a"))
     run = gencls.load_run(run_dir)
     print(gencls.evaluate(run)["error_percent"])
+    gencls.evaluate_seeds("runs/s")["error_percent"]   # a `train --seeds` folder: mean and std over seeds
     probs = run.predict_proba(images)          # tensor (N, C, H, W) in [0, 1]
     results = gencls.predict(run, ["digit.png"])
     samples = gencls.generate(run, n=64, seed=0)
@@ -35,11 +36,11 @@ _LAZY = {"Run": "gencls.api", "evaluate": "gencls.api", "generate": "gencls.api"
          "predict": "gencls.api", "train": "gencls.api", "TrainConfig": "gencls.config",
          "CompareConfig": "gencls.comparison", "compare": "gencls.comparison", "report": "gencls.reporting",
          "generate_per_class": "gencls.api", "interpolate": "gencls.api", "prepare_metrics": "gencls.api",
-         "write_images": "gencls.api"}
+         "write_images": "gencls.api", "evaluate_seeds": "gencls.api"}
 
 __all__ = ["CompareConfig", "GenclsError", "InputError", "Run", "TrainConfig", "__version__", "compare", "evaluate",
-           "generate", "generate_per_class", "interpolate", "load_run", "predict", "prepare_metrics", "report", "train",
-           "write_images"]
+           "evaluate_seeds", "generate", "generate_per_class", "interpolate", "load_run", "predict", "prepare_metrics",
+           "report", "train", "write_images"]
 
 
 def __getattr__(name: str):

@@ -611,3 +611,47 @@ def write_images(run: Run | str | Path, images: torch.Tensor, out_dir: str | Pat
     for img, p in zip(images, paths):
         save_image(img.float().clamp(0, 1), str(p))
     return paths
+
+
+def is_seeds_folder(path: str | Path) -> bool:
+    """A folder written by ``train --seeds``: one run folder per seed and ``seeds.json``."""
+    path = Path(path)
+    return path.is_dir() and (path / "seeds.json").is_file() and not (path / "checkpoints").exists()
+
+
+def evaluate_seeds(path: str | Path, split: str = "test", data_root: str | None = None, write: bool = True,
+                   log=print, device: str = "cpu", **kw) -> dict:
+    """Evaluate every seed of a ``train --seeds`` folder (each ``evaluate``, each writing its own
+    eval.json) and the mean and sample standard deviation of their errors over the seeds; writes
+    ``OUT/eval.json`` (``eval_val.json``). ``kw``: ``evaluate``'s ``ood``, ``generation``, ...
+    (their figures stay in each seed's file)."""
+    from gencls.utils import atomic_write_json
+
+    path = Path(path)
+    if not is_seeds_folder(path):
+        raise InputError(f"{path}: not a folder of several seeds (train --seeds writes OUT/seeds.json)")
+    record = read_json(path / "seeds.json")
+    names = record.get("runs") or [f"seed-{s}" for s in record.get("seeds", [])]
+    missing = [n for n in names if not (path / n / "checkpoints" / "best.safetensors").exists()]
+    if missing:
+        raise InputError(f"{path}: {', '.join(missing)} not trained yet (no best checkpoint); "
+                         f"finish the run with `gencls train --resume --out {path}`")
+    seeds, errors = {}, []
+    for name in names:
+        report = evaluate(load_run(path / name, device=device), split=split, data_root=data_root, write=write,
+                          log=log, **kw)
+        seeds[name] = {"error_percent": report["error_percent"], "checkpoint_epoch": report["checkpoint_epoch"],
+                       "val_error": report["val_error"]}
+        errors.append(report["error_percent"])
+    mean = sum(errors) / len(errors)
+    std = (sum((e - mean) ** 2 for e in errors) / (len(errors) - 1)) ** 0.5 if len(errors) > 1 else None
+    summary = {"split": split, "method": report["method"], "dataset": report["dataset"], "labels": report["labels"],
+               "seeds": seeds, "error_percent": {"mean": mean, "std": std, "n": len(errors)},
+               "std": "sample standard deviation over the seeds (n - 1); none for one seed"}
+    if write:
+        name = "eval.json" if split == "test" else f"eval_{split}.json"
+        try:
+            atomic_write_json(path / name, summary)
+        except OSError as e:
+            log(f"note: could not write {path / name} ({e.strerror or e}); the results are not saved")
+    return summary

@@ -406,10 +406,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from gencls.api import evaluate, load_run
+    from gencls.api import evaluate, is_seeds_folder, load_run
 
     if not args.generation and args.n is not None:
         raise GenclsError("--n applies to --generation only")
+    if is_seeds_folder(args.run):
+        return _evaluate_seeds(args)
     run = load_run(args.run, device=args.device)
     name = "eval.json" if args.split == "test" else f"eval_{args.split}.json"
     before = _inode(run.path / name) if run.path is not None else None
@@ -452,6 +454,22 @@ def _inode(path: Path) -> int | None:
         return path.stat().st_ino
     except OSError:
         return None
+
+
+def _evaluate_seeds(args) -> int:
+    """`gencls evaluate OUT` of a `train --seeds` folder: every seed, then mean ± std."""
+    from gencls.api import evaluate_seeds
+
+    s = evaluate_seeds(args.run, split=args.split, data_root=args.data_root, device=args.device,
+                       ood=tuple(dict.fromkeys(args.ood)), generation=args.generation, n=args.n or 10000,
+                       seed=args.seed, cas_epochs=args.cas_epochs, feature_net=args.feature_net)
+    for name, r in s["seeds"].items():
+        print(f"{name}: {args.split} error {r['error_percent']:.2f}% (checkpoint of epoch {r['checkpoint_epoch']})")
+    e = s["error_percent"]
+    spread = f" ± {e['std']:.2f}" if e["std"] is not None else ""
+    print(f"{s['method']} on {s['dataset']} {args.split}, {e['n']} seed(s): error {e['mean']:.2f}{spread}% "
+          f"(mean{' ± sample std' if spread else ''}); each seed's figures in its eval file")
+    return 0
 
 
 def cmd_generate(args) -> int:
