@@ -460,3 +460,4 @@ def test_compare_on_a_labelled_folder_uses_trains_defaults(tmp_path, folder, cac
     assert summary["settings"]["labels"] is None and summary["runs"][0]["labelled_images"] == 100
     assert json.loads((out / "runs" / "supervised-seed1" / "config.json").read_text())["labels"] == "all"
     assert "100 labels" in (out / "compare.md").read_text().splitlines()[0]
+    assert "100 labels</h1>" in gencls.report(out).read_text()  # not "None labels"

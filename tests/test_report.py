@@ -139,3 +139,25 @@ def test_report_helpers_on_awkward_metrics(tmp_path):
     grids = _sample_grids(tmp_path)
     assert [(label, f.name) for label, f in grids] == [("first", "epoch_001.png"), ("middle", "epoch_500.png"),
                                                       ("last", "epoch_1000.png")]
+
+
+def test_report_of_a_seeds_folder(tmp_path, data_root):
+    """`report OUT` of a `train --seeds` folder: every seed's test and validation error and their
+    mean ± sample std (evaluated first, and said so, when OUT has no current eval.json)."""
+    import json
+
+    out = tmp_path / "s"
+    gencls.train(gencls.TrainConfig(method="supervised", dataset="digits", seeds=[1, 2], epochs=1, out=str(out),
+                                    progress=False, tensorboard=False, sample_every=0, device="cpu", threads=1),
+                 log=lambda s: None)
+    lines = []
+    page = gencls.report(out, log=lines.append)
+    assert page == out / "report.html" and any("evaluating every seed" in s for s in lines)
+    ev = json.loads((out / "eval.json").read_text())
+    text = page.read_text()
+    e = ev["error_percent"]
+    assert f"test error {e['mean']:.2f} ± {e['std']:.2f}% over 2 seed(s)" in text
+    assert "seed-1" in text and "seed-2" in text and text.count("<img") == 1
+    lines.clear()
+    gencls.report(out, log=lines.append)  # current: not evaluated again
+    assert not any("evaluating" in s for s in lines)

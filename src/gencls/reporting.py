@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from gencls.errors import InputError
+from gencls.errors import GenclsError, InputError
 from gencls.utils import atomic_write_bytes, read_json
 
 
@@ -290,7 +290,7 @@ def run_report(run_dir: str | Path, out: str | Path | None = None, data_root: st
 
 
 def compare_report(folder: str | Path, out: str | Path | None = None) -> Path:
-    from gencls.comparison import TABLE_HEADER, compare_markdown, load_compare, plot_compare, table_cells
+    from gencls.comparison import TABLE_HEADER, _labels_used, compare_markdown, load_compare, plot_compare, table_cells
 
     folder = Path(folder)
     summary = load_compare(folder)
@@ -308,7 +308,8 @@ def compare_report(folder: str | Path, out: str | Path | None = None) -> Path:
         return [r["method"], r["seed"], r["test_error_percent"],
                 "–" if r.get("val_error_percent") is None else r["val_error_percent"], r["epochs"],
                 r["best_epoch"], round(r["train_seconds"]), r["run"]]
-    parts = [f"<h1>gencls comparison: {html.escape(str(s['dataset']))}, {html.escape(str(s['labels']))} labels</h1>",
+    labels = _labels_used(s, summary.get("runs", []))
+    parts = [f"<h1>gencls comparison: {html.escape(str(s['dataset']))}, {html.escape(labels)} labels</h1>",
              f"<p>{html.escape(intro)}</p>",
              _table(rows, TABLE_HEADER),
              "<p class=muted>" + html.escape(md[-1] if len(md) > 3 else "") + "</p>",
@@ -322,9 +323,62 @@ def compare_report(folder: str | Path, out: str | Path | None = None) -> Path:
     return path
 
 
+def seeds_report(folder: str | Path, out: str | Path | None = None, data_root: str | None = None,
+                 log: Callable[[str], None] = print) -> Path:
+    """A ``train --seeds`` folder's page: each seed's test and validation error, their mean ± sample
+    std, and the validation curves of all seeds (each seed's own page: ``report OUT/seed-S``)."""
+    from gencls.api import evaluate_seeds
+    from gencls.training.checkpoint import read_checkpoint_meta
+    from gencls.training.runlog import read_metrics
+
+    folder = Path(folder)
+    ev = read_json(folder / "eval.json") if (folder / "eval.json").exists() else None
+
+    def current(ev) -> bool:  # every seed's result is of its best checkpoint now
+        try:
+            return all(read_checkpoint_meta(folder / name / "checkpoints" / "best.safetensors")["epoch"]
+                       == r["checkpoint_epoch"] for name, r in ev["seeds"].items())
+        except (GenclsError, KeyError, TypeError, OSError, ValueError):
+            return False
+    if ev is None or not current(ev):
+        log(f"report: evaluating every seed's best checkpoint on the test set "
+            f"({'no eval.json yet' if ev is None else 'eval.json is of other checkpoints'}); writes eval.json")
+        ev = evaluate_seeds(folder, data_root=data_root, log=log)
+    e = ev["error_percent"]
+    spread = "" if e["std"] is None else f" ± {e['std']:.2f}"
+    rows, curves = [], {}
+    for name, r in ev["seeds"].items():
+        val = r.get("val_error")
+        rows.append([name, r["checkpoint_epoch"], "–" if val is None else 100 * val, r["error_percent"]])
+        curves[name] = [m for m in read_metrics(folder / name) if m.get("val_error") is not None]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.4), dpi=90)
+    for name, ms in curves.items():
+        ax.plot([m["epoch"] for m in ms], [100 * m["val_error"] for m in ms], marker="o", ms=3, label=name)
+    ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel("validation error (%)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    parts = [f"<h1>gencls seeds: {html.escape(ev['method'])} on {html.escape(ev['dataset'])}, "
+             f"{html.escape(str(ev['labels']))} labels</h1>",
+             f"<p class=big>test error {e['mean']:.2f}{spread}% over {e['n']} seed(s)</p>",
+             f"<p class=muted>{html.escape(ev.get('std', ''))}; each seed evaluated once on the test set with its "
+             "best-validation checkpoint; <code>gencls report</code> a seed folder for its own page.</p>",
+             _table(rows, ["seed folder", "best epoch", "validation error %", "test error %"]),
+             _img(_fig_bytes(fig), "validation error per epoch, every seed")]
+    path = Path(out) if out else folder / "report.html"
+    atomic_write_bytes(path, _page(f"gencls seeds: {folder.name}", "\n".join(parts)))
+    return path
+
+
 def report(path: str | Path, out: str | Path | None = None, data_root: str | None = None,
            log: Callable[[str], None] = print) -> Path:
-    """Write ``report.html`` for a run folder or a compare folder; returns its path."""
+    """Write ``report.html`` for a run folder, a compare folder or a ``train --seeds`` folder;
+    returns its path."""
+    from gencls.api import is_seeds_folder
     from gencls.comparison import is_compare_folder
 
     path = Path(path)
@@ -332,4 +386,6 @@ def report(path: str | Path, out: str | Path | None = None, data_root: str | Non
         raise InputError(f"{path}: no such run or compare folder")
     if is_compare_folder(path):
         return compare_report(path, out)
+    if is_seeds_folder(path):
+        return seeds_report(path, out, data_root, log)
     return run_report(path, out, data_root, log)
