@@ -4,7 +4,8 @@ A run's page: its configuration; loss curves per loss term; validation error per
 result (error, per-class accuracy, confusion matrix); the most confidently wrong test images with
 predicted and true labels; sample grids of the first, middle and last epoch (methods that
 generate); and the generation table when ``eval.json`` holds one. A compare folder's page: the
-comparison table, the plot and every run's result.
+comparison table, the plot and every run's result. A ``train --seeds`` folder's page: each seed's
+errors, their mean ± sample std and every seed's validation curve.
 """
 from __future__ import annotations
 
