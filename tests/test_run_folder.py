@@ -356,3 +356,32 @@ def test_a_folder_that_cannot_be_written_is_named_not_a_temporary_file(tmp_path,
     assert main(["train", "--resume", "--out", str(run), "--epochs", "2", "--no-progress"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("gencls: error: Permission denied: " + str(run)) and ".tmp" not in err, err
+
+
+def test_every_waiter_waits_when_another_waiter_takes_the_lock_first(tmp_path):
+    """Two processes waiting (wait=) for one holder: the one not served first waited again for the
+    other (it used to be refused, "another gencls process ... try again", after half a second)."""
+    import threading
+
+    held = FolderLock(tmp_path, name=".x.lock").acquire()
+    spans, errors = [], []
+
+    def waiter():
+        try:
+            with FolderLock(tmp_path, name=".x.lock", wait=lambda s: None):
+                t = time.time()
+                time.sleep(1.0)
+                spans.append((t, time.time()))
+        except gencls.GenclsError as e:
+            errors.append(str(e))
+
+    threads = [threading.Thread(target=waiter) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    held.release()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == [] and len(spans) == 2
+    (a0, a1), (b0, b1) = sorted(spans)
+    assert a1 <= b0  # one after the other
