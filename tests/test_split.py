@@ -109,6 +109,8 @@ def test_labelled_rows_through_a_subset_and_from_files(tmp_path):
     assert labelled_positions([7, 2], torch.tensor([2, 9, 7]), 10).tolist() == [2, 0]
     with pytest.raises(GenclsError, match="row 10 is past the 10 training images"):
         labelled_positions([10], None, 10)
+    with pytest.raises(GenclsError, match=f"row {2**70} is past the 10 training images"):
+        labelled_positions([1, 2**70], None, 10)  # a typo of many digits: one line, not a traceback
     with pytest.raises(GenclsError, match="row 3 is not among the --subset 3 images"):
         labelled_positions([3], torch.tensor([2, 9, 7]), 10)
 
