@@ -120,6 +120,10 @@ def test_labelled_rows_through_a_subset_and_from_files(tmp_path):
     assert read_labelled_file(tmp_path / "b.json") == [4, 1]
     (tmp_path / "split.json").write_text(json.dumps({"labelled": [0, 2], "subset": [30, 10, 20], "validation": [1]}))
     assert read_labelled_file(tmp_path / "split.json") == [30, 20]  # a run's positions -> rows of the training set
+    for bad in ([0, -1], [0, 3], [0, True], [0, 1.0]):  # -1 was subset[-1], True subset[1]
+        (tmp_path / "split.json").write_text(json.dumps({"labelled": bad, "subset": [30, 10, 20]}))
+        with pytest.raises(GenclsError, match="positions do not fit its 'subset'"):
+            read_labelled_file(tmp_path / "split.json")
     for text, needle in [("1 2 x", "'x' is not a row number"), ("# none\n", "no rows in it"),
                          ('{"a": 1}', "needs a 'labelled' list"), ("[1, 2.5]", "expected a list of row numbers"),
                          ("[1,", "not valid JSON")]:

@@ -168,10 +168,10 @@ def read_labelled_file(path) -> list[int]:
                 raise GenclsError(f"--labelled {path}: a JSON object needs a 'labelled' list (as a run's split.json)")
             rows, subset = obj["labelled"], obj.get("subset")
             if isinstance(subset, list):
-                try:
-                    rows = [subset[i] for i in rows]
-                except (IndexError, TypeError):
-                    raise GenclsError(f"--labelled {path}: its 'labelled' positions do not fit its 'subset'") from None
+                # positions 0 .. len(subset) - 1 (a negative one would count from the end)
+                if not all(type(i) is int and 0 <= i < len(subset) for i in rows):
+                    raise GenclsError(f"--labelled {path}: its 'labelled' positions do not fit its 'subset'")
+                rows = [subset[i] for i in rows]
         else:
             rows = obj
         if not isinstance(rows, list) or not all(isinstance(r, int) and not isinstance(r, bool) for r in rows):
