@@ -111,6 +111,11 @@ def test_compare_user_mistakes(tmp_path):
         gencls.compare(methods=[], out=str(tmp_path / "c"), log=quiet)
     with pytest.raises(GenclsError, match="--seeds"):
         gencls.compare(methods=["supervised"], seeds=0, out=str(tmp_path / "c"), log=quiet)
+    # each seed draws its own subset, which cannot hold the chosen rows: refused before seed 1 trains
+    with pytest.raises(GenclsError, match="--labelled with --subset 1000 and --seeds 2"):
+        gencls.compare(methods=["supervised"], dataset="digits", labelled=list(range(100)), subset=1000, seeds=2,
+                       out=str(tmp_path / "c"), log=quiet)
+    assert not (tmp_path / "c").exists()
 
 
 def test_a_diverging_run_is_shown_and_the_others_go_on(tmp_path, data_root, capsys):

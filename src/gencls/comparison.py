@@ -76,6 +76,11 @@ class CompareConfig:
         chosen = TrainConfig(labels=self.labels, labelled=self.labelled).validate()
         self.labelled = chosen.labelled
         self.labels = len(self.labelled) if self.labelled is not None else chosen.labels
+        if self.labelled is not None and self.subset is not None and self.seeds > 1:
+            # refused before any run trains: seed 1's runs trained, then seed 2 was refused by row
+            raise GenclsError(f"--labelled with --subset {self.subset} and --seeds {self.seeds}: seed s draws its own "
+                              "--subset images (data seed s), so the --labelled rows are not among every seed's; "
+                              "leave out --subset, or compare one seed (--seeds 1)")
         self.train_config("x", 1, "x").validate()
         return self
 
