@@ -144,3 +144,9 @@ def test_labelled_rows_in_the_configuration():
         with pytest.raises(GenclsError, match=needle):
             TrainConfig(**kw).validate()
     assert TrainConfig(labelled=[1, 2], labels=2).validate().labels == 2
+    # several seeds, each its own subset draw: the rows cannot be in every one ("row 2 is not among the
+    # --subset images drawn for this run", whichever seed it was); one data seed for all is fine
+    with pytest.raises(GenclsError, match="give --data-seed D"):
+        TrainConfig(labelled=[1, 2], subset=1000, seeds=[1, 2]).validate()
+    TrainConfig(labelled=[1, 2], subset=1000, seeds=[1, 2], data_seed=1).validate()
+    TrainConfig(labelled=[1, 2], subset=1000, seeds=[3]).validate()
