@@ -290,7 +290,7 @@ def run_report(run_dir: str | Path, out: str | Path | None = None, data_root: st
 
 
 def compare_report(folder: str | Path, out: str | Path | None = None) -> Path:
-    from gencls.comparison import TABLE_HEADER, compare_markdown, load_compare, plot_compare, table_cells
+    from gencls.comparison import TABLE_HEADER, _labels_used, compare_markdown, load_compare, plot_compare, table_cells
 
     folder = Path(folder)
     summary = load_compare(folder)
@@ -308,7 +308,8 @@ def compare_report(folder: str | Path, out: str | Path | None = None) -> Path:
         return [r["method"], r["seed"], r["test_error_percent"],
                 "–" if r.get("val_error_percent") is None else r["val_error_percent"], r["epochs"],
                 r["best_epoch"], round(r["train_seconds"]), r["run"]]
-    parts = [f"<h1>gencls comparison: {html.escape(str(s['dataset']))}, {html.escape(str(s['labels']))} labels</h1>",
+    labels = _labels_used(s, summary.get("runs", []))  # None: the dataset's default, as the runs resolved it
+    parts = [f"<h1>gencls comparison: {html.escape(str(s['dataset']))}, {html.escape(labels)} labels</h1>",
              f"<p>{html.escape(intro)}</p>",
              _table(rows, TABLE_HEADER),
              "<p class=muted>" + html.escape(md[-1] if len(md) > 3 else "") + "</p>",
