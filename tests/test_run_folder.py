@@ -267,6 +267,14 @@ def test_a_run_folder_without_a_checkpoint_is_not_offered_to_resume(tmp_path, da
     with pytest.raises(gencls.GenclsError, match="no checkpoint to continue from: use --overwrite") as e:
         gencls.train(cfg(tmp_path, "run"), log=quiet)
     assert "--resume" not in str(e.value)
+    seeds = tmp_path / "seeds"  # several seeds: seeds.json is written before any checkpoint
+    gencls.train(cfg(tmp_path, "seeds", seeds=[1, 2]), log=quiet)
+    with pytest.raises(gencls.GenclsError, match="use --resume to continue it or --overwrite"):
+        gencls.train(cfg(tmp_path, "seeds", seeds=[1, 2]), log=quiet)
+    for s in (1, 2):
+        shutil.rmtree(seeds / f"seed-{s}" / "checkpoints")
+    with pytest.raises(gencls.GenclsError, match="no checkpoint to continue from: use --overwrite"):
+        gencls.train(cfg(tmp_path, "seeds", seeds=[1, 2]), log=quiet)
 
 
 def test_a_filesystem_without_flock_trains_unlocked(tmp_path, data_root, monkeypatch):
