@@ -160,6 +160,21 @@ def test_class_names_with_slashes_become_safe_file_names(runs, tmp_path):
     assert all(p.parent == tmp_path / "out" and p.exists() for p in paths)
 
 
+def test_class_indices_are_indices_where_class_names_are_numbers(runs, tmp_path):
+    """A folder of classes 1..10 sorts as "1", "10", "2", ...: index 1 is class "10" (write_images named
+    it "1", and generate_per_class generated class "1" for its row "10")."""
+    from gencls.api import _labels_tensor
+
+    run = gencls.load_run(runs["acgan"])
+    run.classes = ["1", "10", *map(str, range(2, 10))]
+    assert _labels_tensor(run, [0, 1, 2], 3).tolist() == [0, 1, 2]
+    assert _labels_tensor(run, torch.tensor([1]), 1).tolist() == [1]
+    assert _labels_tensor(run, "10", 1).tolist() == [1] and _labels_tensor(run, "1", 1).tolist() == [0]  # names
+    images = gencls.generate(run, n=3, labels=[0, 1, 2], seed=1)
+    paths = gencls.write_images(run, images, tmp_path / "out", labels=[0, 1, 2])
+    assert [p.name for p in paths] == ["00000_1.png", "00001_10.png", "00002_2.png"]
+
+
 def test_write_images_takes_class_names_and_refuses_a_label_count_that_does_not_fit(runs, tmp_path):
     run = gencls.load_run(runs["acgan"])
     images, rows = gencls.generate_per_class(run, 2, seed=1)

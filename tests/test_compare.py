@@ -111,6 +111,11 @@ def test_compare_user_mistakes(tmp_path):
         gencls.compare(methods=[], out=str(tmp_path / "c"), log=quiet)
     with pytest.raises(GenclsError, match="--seeds"):
         gencls.compare(methods=["supervised"], seeds=0, out=str(tmp_path / "c"), log=quiet)
+    # each seed draws its own subset, which cannot hold the chosen rows: refused before seed 1 trains
+    with pytest.raises(GenclsError, match="--labelled with --subset 1000 and --seeds 2"):
+        gencls.compare(methods=["supervised"], dataset="digits", labelled=list(range(100)), subset=1000, seeds=2,
+                       out=str(tmp_path / "c"), log=quiet)
+    assert not (tmp_path / "c").exists()
 
 
 def test_a_diverging_run_is_shown_and_the_others_go_on(tmp_path, data_root, capsys):
@@ -198,3 +203,26 @@ def test_compare_with_chosen_labelled_images(tmp_path, data_root):
     with pytest.raises(GenclsError, match="labelled was 20 chosen rows"):
         compare(CompareConfig(methods=["supervised"], dataset="digits", seeds=2, epochs=1, batch_size=50, threads=1,
                               device="cpu", out=str(out), labelled=rows[1:]), log=quiet)
+
+
+@pytest.mark.parametrize("said,says", [
+    ("SIGINT: stopped after epoch 1 (step 9); checkpoint written. Continue with `gencls train --resume --out R`",
+     "SIGINT: stopped after epoch 1 (step 9); checkpoint written. Run the same compare command again to continue."),
+    ("interrupted before the first checkpoint: nothing to resume in R; start again with --overwrite",
+     "interrupted before the first checkpoint: nothing to resume in R. Run the same compare command again to continue."),
+    ("could not write a checkpoint into R (No space left on device); the previous complete checkpoint is kept",
+     "the previous complete checkpoint is kept. Run the same compare command again to continue.")])
+def test_a_stopped_run_says_to_run_compare_again(tmp_path, monkeypatch, said, says):
+    """compare has no --resume or --overwrite: a stopped run's advice is compare's own, in sentences."""
+    from gencls.comparison import _run_one
+    from gencls.errors import TrainingStopped
+    from gencls.training import trainer
+
+    def stopped(*a, **kw):
+        raise TrainingStopped(said, 130)
+
+    monkeypatch.setattr(trainer, "train", stopped)
+    tc = CompareConfig(methods=["supervised"], dataset="digits", out=str(tmp_path)).train_config("supervised", 1, "x")
+    with pytest.raises(TrainingStopped) as e:
+        _run_one(tc.to_dict(), str(tmp_path / "runs" / "supervised-seed1"))
+    assert str(e.value).endswith(says) and "--overwrite" not in str(e.value) and e.value.exit_code == 130

@@ -90,6 +90,7 @@ def test_compare_report_shows_table_and_plot(tmp_path, data_root):
     path = gencls.report(out)
     text = path.read_text()
     assert "supervised" in text and "test error % (mean ± std)" in text and "supervised-seed2" in text
+    assert "gencls comparison: mnist, 100 labels</h1>" in text  # --labels left to the default: not "None labels"
     images = open_in_chromium(path)
     assert [i["alt"] for i in images] == ["test error per method"]
     assert all(i["complete"] and i["width"] > 0 for i in images)

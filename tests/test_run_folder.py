@@ -267,6 +267,14 @@ def test_a_run_folder_without_a_checkpoint_is_not_offered_to_resume(tmp_path, da
     with pytest.raises(gencls.GenclsError, match="no checkpoint to continue from: use --overwrite") as e:
         gencls.train(cfg(tmp_path, "run"), log=quiet)
     assert "--resume" not in str(e.value)
+    seeds = tmp_path / "seeds"  # several seeds: seeds.json is written before any checkpoint
+    gencls.train(cfg(tmp_path, "seeds", seeds=[1, 2]), log=quiet)
+    with pytest.raises(gencls.GenclsError, match="use --resume to continue it or --overwrite"):
+        gencls.train(cfg(tmp_path, "seeds", seeds=[1, 2]), log=quiet)
+    for s in (1, 2):
+        shutil.rmtree(seeds / f"seed-{s}" / "checkpoints")
+    with pytest.raises(gencls.GenclsError, match="no checkpoint to continue from: use --overwrite"):
+        gencls.train(cfg(tmp_path, "seeds", seeds=[1, 2]), log=quiet)
 
 
 def test_a_filesystem_without_flock_trains_unlocked(tmp_path, data_root, monkeypatch):
@@ -356,3 +364,32 @@ def test_a_folder_that_cannot_be_written_is_named_not_a_temporary_file(tmp_path,
     assert main(["train", "--resume", "--out", str(run), "--epochs", "2", "--no-progress"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("gencls: error: Permission denied: " + str(run)) and ".tmp" not in err, err
+
+
+def test_every_waiter_waits_when_another_waiter_takes_the_lock_first(tmp_path):
+    """Two processes waiting (wait=) for one holder: the one not served first waited again for the
+    other (it used to be refused, "another gencls process ... try again", after half a second)."""
+    import threading
+
+    held = FolderLock(tmp_path, name=".x.lock").acquire()
+    spans, errors = [], []
+
+    def waiter():
+        try:
+            with FolderLock(tmp_path, name=".x.lock", wait=lambda s: None):
+                t = time.time()
+                time.sleep(1.0)
+                spans.append((t, time.time()))
+        except gencls.GenclsError as e:
+            errors.append(str(e))
+
+    threads = [threading.Thread(target=waiter) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    held.release()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == [] and len(spans) == 2
+    (a0, a1), (b0, b1) = sorted(spans)
+    assert a1 <= b0  # one after the other

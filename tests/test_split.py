@@ -109,6 +109,8 @@ def test_labelled_rows_through_a_subset_and_from_files(tmp_path):
     assert labelled_positions([7, 2], torch.tensor([2, 9, 7]), 10).tolist() == [2, 0]
     with pytest.raises(GenclsError, match="row 10 is past the 10 training images"):
         labelled_positions([10], None, 10)
+    with pytest.raises(GenclsError, match=f"row {2**70} is past the 10 training images"):
+        labelled_positions([1, 2**70], None, 10)  # a typo of many digits: one line, not a traceback
     with pytest.raises(GenclsError, match="row 3 is not among the --subset 3 images"):
         labelled_positions([3], torch.tensor([2, 9, 7]), 10)
 
@@ -118,6 +120,10 @@ def test_labelled_rows_through_a_subset_and_from_files(tmp_path):
     assert read_labelled_file(tmp_path / "b.json") == [4, 1]
     (tmp_path / "split.json").write_text(json.dumps({"labelled": [0, 2], "subset": [30, 10, 20], "validation": [1]}))
     assert read_labelled_file(tmp_path / "split.json") == [30, 20]  # a run's positions -> rows of the training set
+    for bad in ([0, -1], [0, 3], [0, True], [0, 1.0]):  # -1 was subset[-1], True subset[1]
+        (tmp_path / "split.json").write_text(json.dumps({"labelled": bad, "subset": [30, 10, 20]}))
+        with pytest.raises(GenclsError, match="positions do not fit its 'subset'"):
+            read_labelled_file(tmp_path / "split.json")
     for text, needle in [("1 2 x", "'x' is not a row number"), ("# none\n", "no rows in it"),
                          ('{"a": 1}', "needs a 'labelled' list"), ("[1, 2.5]", "expected a list of row numbers"),
                          ("[1,", "not valid JSON")]:
@@ -138,3 +144,9 @@ def test_labelled_rows_in_the_configuration():
         with pytest.raises(GenclsError, match=needle):
             TrainConfig(**kw).validate()
     assert TrainConfig(labelled=[1, 2], labels=2).validate().labels == 2
+    # several seeds, each its own subset draw: the rows cannot be in every one ("row 2 is not among the
+    # --subset images drawn for this run", whichever seed it was); one data seed for all is fine
+    with pytest.raises(GenclsError, match="give --data-seed D"):
+        TrainConfig(labelled=[1, 2], subset=1000, seeds=[1, 2]).validate()
+    TrainConfig(labelled=[1, 2], subset=1000, seeds=[1, 2], data_seed=1).validate()
+    TrainConfig(labelled=[1, 2], subset=1000, seeds=[3]).validate()

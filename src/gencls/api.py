@@ -418,9 +418,10 @@ def prepare_metrics(dataset: str = "mnist", data_root: str | None = None, force:
 
 
 def class_index(run: Run, c: int | str) -> int:
-    """A class given by name (``"7"``, ``"cat"``) or by index -> its index."""
-    if str(c) in run.classes:
-        return run.classes.index(str(c))
+    """A class given by name (``"7"``, ``"cat"``) or by index -> its index. A string is a name first
+    (else an index, ``"3"``); a number is an index (class names "1", "10", "2": 1 is "10")."""
+    if isinstance(c, str) and c in run.classes:
+        return run.classes.index(c)
     try:
         i = int(c)
     except (TypeError, ValueError):

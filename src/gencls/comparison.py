@@ -76,6 +76,11 @@ class CompareConfig:
         chosen = TrainConfig(labels=self.labels, labelled=self.labelled).validate()
         self.labelled = chosen.labelled
         self.labels = len(self.labelled) if self.labelled is not None else chosen.labels
+        if self.labelled is not None and self.subset is not None and self.seeds > 1:
+            # refused before any run trains: seed 1's runs trained, then seed 2 was refused by row
+            raise GenclsError(f"--labelled with --subset {self.subset} and --seeds {self.seeds}: seed s draws its own "
+                              "--subset images (data seed s), so the --labelled rows are not among every seed's; "
+                              "leave out --subset, or compare one seed (--seeds 1)")
         self.train_config("x", 1, "x").validate()
         return self
 
@@ -157,8 +162,10 @@ def _run_one(train_cfg: dict, run_dir: str, jobs: int = 1) -> dict:
         log(f"failed: {e}")
         return _failed(out, record, str(e))
     except TrainingStopped as e:  # a signal: the run continues when the same compare command runs again
-        text = str(e).split(" Continue with `gencls train --resume", 1)[0]
-        raise TrainingStopped(f"{text} Run the same compare command again to continue.", e.exit_code) from None
+        # train's advice (train --resume, or --overwrite, which compare has not: it starts such a run afresh)
+        text = str(e).split(" Continue with `gencls train --resume", 1)[0].split("; start again with --overwrite")[0]
+        raise TrainingStopped(f"{text.rstrip('.')}. Run the same compare command again to continue.",
+                              e.exit_code) from None
     except GenclsError:
         raise
     except Exception as e:  # a crash of this run: recorded, the others go on

@@ -108,6 +108,11 @@ class TrainConfig:
             self.seeds = [int(s) for s in self.seeds]
             if not self.seeds or len(set(self.seeds)) != len(self.seeds) or not all(0 <= s < 2**31 for s in self.seeds):
                 raise GenclsError(f"--seeds {','.join(map(str, self.seeds))}: distinct integers in [0, 2^31)")
+        if (self.labelled is not None and self.subset is not None and self.seeds is not None and len(self.seeds) > 1
+                and self.data_seed is None):
+            raise GenclsError(f"--labelled with --subset {self.subset} and --seeds: each seed draws its own --subset "
+                              "images (data seed S), so the --labelled rows are not among every seed's; give "
+                              "--data-seed D (one subset for every seed) or leave out --subset")
         if self.stack_seeds not in ("auto", "on", "off"):
             raise GenclsError(f"--stack-seeds {self.stack_seeds}: auto, on or off")
         if self.sample_every < 0 or self.eval_every < 1:

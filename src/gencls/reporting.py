@@ -309,7 +309,7 @@ def compare_report(folder: str | Path, out: str | Path | None = None) -> Path:
         return [r["method"], r["seed"], r["test_error_percent"],
                 "–" if r.get("val_error_percent") is None else r["val_error_percent"], r["epochs"],
                 r["best_epoch"], round(r["train_seconds"]), r["run"]]
-    labels = _labels_used(s, summary.get("runs", []))
+    labels = _labels_used(s, summary.get("runs", []))  # None: the dataset's default, as the runs resolved it
     parts = [f"<h1>gencls comparison: {html.escape(str(s['dataset']))}, {html.escape(labels)} labels</h1>",
              f"<p>{html.escape(intro)}</p>",
              _table(rows, TABLE_HEADER),

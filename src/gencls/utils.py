@@ -151,7 +151,7 @@ class FolderLock:
         except OSError:
             return self  # not a folder / not writable: the run's own checks say so
         self.created = missing
-        busy = 0
+        busy, said = 0, False
         for _ in range(200):  # the file may be removed by its holder between our open and our flock
             existed = os.path.lexists(self.path)  # a lock file not made here is left as it is
             try:
@@ -172,9 +172,10 @@ class FolderLock:
                     return self
                 pid = self._holder(fd)
                 if self.wait is not None:
-                    self.wait(f"{self.folder}: waiting for another gencls process{f' (pid {pid})' if pid else ''} "
-                              f"that {self.what} this folder")
-                    self.wait = None  # said once
+                    if not said:  # said once; a third process taking it first is waited for too
+                        self.wait(f"{self.folder}: waiting for another gencls process{f' (pid {pid})' if pid else ''} "
+                                  f"that {self.what} this folder")
+                        said = True
                     try:
                         fcntl.flock(fd, mode)
                     except OSError:

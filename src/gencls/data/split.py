@@ -131,11 +131,11 @@ def _check_chosen(pos: torch.Tensor, targets: torch.Tensor, k: int, class_names:
 def labelled_positions(rows: list[int], subset: torch.Tensor | None, n_rows: int) -> torch.Tensor:
     """``--labelled`` rows of the training set -> positions in the images a run uses (``subset``:
     the rows ``--subset`` drew, or None for all ``n_rows``)."""
-    t = torch.as_tensor(rows, dtype=torch.long)
-    past = t[t >= n_rows]
-    if len(past):
-        raise GenclsError(f"--labelled: row {int(past[0])} is past the {n_rows} training images (rows 0 to "
+    past = [r for r in rows if r >= n_rows]  # before the tensor: a row past int64 would not fit it
+    if past:
+        raise GenclsError(f"--labelled: row {past[0]} is past the {n_rows} training images (rows 0 to "
                           f"{n_rows - 1})")
+    t = torch.as_tensor(rows, dtype=torch.long)
     if subset is None:
         return t
     where = torch.full((n_rows,), -1, dtype=torch.long)
@@ -168,10 +168,10 @@ def read_labelled_file(path) -> list[int]:
                 raise GenclsError(f"--labelled {path}: a JSON object needs a 'labelled' list (as a run's split.json)")
             rows, subset = obj["labelled"], obj.get("subset")
             if isinstance(subset, list):
-                try:
-                    rows = [subset[i] for i in rows]
-                except (IndexError, TypeError):
-                    raise GenclsError(f"--labelled {path}: its 'labelled' positions do not fit its 'subset'") from None
+                # positions 0 .. len(subset) - 1 (a negative one would count from the end)
+                if not all(type(i) is int and 0 <= i < len(subset) for i in rows):
+                    raise GenclsError(f"--labelled {path}: its 'labelled' positions do not fit its 'subset'")
+                rows = [subset[i] for i in rows]
         else:
             rows = obj
         if not isinstance(rows, list) or not all(isinstance(r, int) and not isinstance(r, bool) for r in rows):

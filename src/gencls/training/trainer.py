@@ -53,6 +53,19 @@ def _looks_like_run(folder: Path) -> bool:
     return (folder / "config.json").exists() or (folder / "checkpoints").is_dir() or (folder / "seeds.json").exists()
 
 
+def _resumable(out: Path) -> bool:
+    """Whether ``--resume`` finds a checkpoint to continue from in ``out`` (several seeds: in every
+    seed's folder, where a seeds run stopped before its first checkpoint has none)."""
+    if not (out / "seeds.json").exists():
+        return (out / "checkpoints" / "last.safetensors").exists()
+    try:
+        runs = read_json(out / "seeds.json").get("runs")
+    except (GenclsError, AttributeError):
+        return False
+    cks = [out / str(r) / "checkpoints" for r in runs] if isinstance(runs, list) else []
+    return bool(cks) and all((c / "last.safetensors").exists() or (c / f"{PENDING}.safetensors").exists() for c in cks)
+
+
 def _check_out_dir(out: Path, resume: bool, overwrite: bool, seeds: list[int] | None = None) -> None:
     if out.exists() and not out.is_dir():
         raise GenclsError(f"--out {out}: exists and is not a folder")
@@ -66,7 +79,7 @@ def _check_out_dir(out: Path, resume: bool, overwrite: bool, seeds: list[int] | 
             if not _looks_like_run(out):
                 raise GenclsError(f"--out {out}: the folder exists and holds other files (not a gencls run "
                                   "folder); give another --out")
-            resumable = (out / "checkpoints" / "last.safetensors").exists() or (out / "seeds.json").exists()
+            resumable = _resumable(out)
             raise GenclsError(f"--out {out}: the run folder exists and is not empty ("
                               + ("use --resume to continue it or --overwrite to start again)" if resumable else
                                  "it has no checkpoint to continue from: use --overwrite to start again, or "
