@@ -226,3 +226,15 @@ def test_a_stopped_run_says_to_run_compare_again(tmp_path, monkeypatch, said, sa
     with pytest.raises(TrainingStopped) as e:
         _run_one(tc.to_dict(), str(tmp_path / "runs" / "supervised-seed1"))
     assert str(e.value).endswith(says) and "--overwrite" not in str(e.value) and e.value.exit_code == 130
+
+
+def test_a_default_labels_folder_accepts_the_count_its_runs_used(tmp_path, data_root):
+    """A compare folder made without --labels (the dataset's default, 100 here), run again with
+    --labels 100: the same comparison, not "labels was None, now 100"."""
+    small = dict(methods=["supervised"], dataset="digits", seeds=1, epochs=1, batch_size=50, threads=1,
+                 device="cpu", out=str(tmp_path / "cmp"))
+    compare(CompareConfig(**small), log=quiet)
+    summary = compare(CompareConfig(labels=100, **small), log=quiet)
+    assert summary["settings"]["labels"] is None and summary["runs"][0]["labelled_images"] == 100
+    with pytest.raises(GenclsError, match="labels was None, now 50"):
+        compare(CompareConfig(labels=50, **small), log=quiet)

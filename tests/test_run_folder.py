@@ -393,3 +393,22 @@ def test_every_waiter_waits_when_another_waiter_takes_the_lock_first(tmp_path):
     assert errors == [] and len(spans) == 2
     (a0, a1), (b0, b1) = sorted(spans)
     assert a1 <= b0  # one after the other
+
+
+def test_a_waiter_whose_folder_went_with_its_holder_still_locks(tmp_path):
+    """A holder that made the folder and failed removes it empty on release: the waiter made the
+    folder again and locked (it went on unlocked)."""
+    import threading
+
+    folder = tmp_path / "new" / "cache"
+    held = FolderLock(folder, name=".x.lock").acquire()
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(FolderLock(folder, name=".x.lock", wait=lambda s: None)
+                                                        .acquire()))
+    waiter.start()
+    time.sleep(0.3)
+    held.release()  # removes the lock file and the folders it made
+    waiter.join(timeout=10)
+    (lock,) = got
+    assert lock.fd is not None and (folder / ".x.lock").exists()
+    lock.release()

@@ -230,3 +230,4 @@ def test_connections_beyond_the_limit_get_503(gan_run):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+    assert server_config(None, "127.0.0.1", port, ServerLimits(max_connections=None)).limit_concurrency is None

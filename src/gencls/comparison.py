@@ -394,6 +394,11 @@ def compare(config: CompareConfig | dict | None = None, log: Callable[[str], Non
             cfg.val_size = old["val_size"]
         if cfg.labels is None and cfg.labelled is None and "labels" in old:
             cfg.labels = old["labels"]  # likewise (a folder from when compare's default was 100)
+        elif old.get("labels") is None and not old.get("labelled") and cfg.labels is not None and cfg.labelled is None:
+            # a folder left to the dataset's default, now asked for a count: the same if that is what its runs used
+            used = {read_json(p).get("labels") for p in (out / "runs").glob("*/config.json")}
+            if used == {cfg.labels}:
+                cfg.labels = None
         settings = asdict(cfg)
         changed = [k for k in _FIXED if old.get(k) != settings.get(k)]
         if changed:

@@ -239,7 +239,11 @@ def run_report(run_dir: str | Path, out: str | Path | None = None, data_root: st
              f"({_val_text(run.meta.get('val_error'))})</p>"]
 
     parts.append("<h2>Configuration</h2>")
-    conf_rows = [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in cfg.items()]
+    def setting(k, v):
+        if k == "labelled" and isinstance(v, list) and len(v) > 12:  # --labelled rows: the count and the first
+            return f"{len(v)} rows: {', '.join(map(str, v[:10]))}, ... (config.json has them all)"
+        return json.dumps(v) if isinstance(v, (dict, list)) else v
+    conf_rows = [[k, setting(k, v)] for k, v in cfg.items()]
     conf_rows.append(["method settings (resolved)", json.dumps(run.method.config)])
     if "split_sizes" in run.meta:
         conf_rows.append(["split sizes", json.dumps(run.meta["split_sizes"])])

@@ -38,7 +38,7 @@ class ServerLimits:
     max_pixels: int = 16_000_000  # per image, from its header, before decoding
     max_batch: int = 64  # images per model call (a single larger request still goes in one call)
     max_generate: int = 64  # images per /generate request
-    max_connections: int = 32  # open connections at once; beyond: 503 (memory: at most this many bodies)
+    max_connections: int | None = 32  # open connections at once (None: no limit); beyond: 503 (memory: at most this many bodies)
 
 
 class BodyLimit:
@@ -347,5 +347,5 @@ def server_config(app, host: str, port: int, limits: ServerLimits, log_level: st
 
     # uvicorn counts the connection being answered among the open ones (at its limit L it answers
     # 503 once L connections are open, this one included: L - 1 others), so L is the limit + 1
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                          limit_concurrency=limits.max_connections + 1)
+    limit = None if limits.max_connections is None else limits.max_connections + 1  # None: no limit
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, limit_concurrency=limit)

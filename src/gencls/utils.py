@@ -156,6 +156,14 @@ class FolderLock:
             existed = os.path.lexists(self.path)  # a lock file not made here is left as it is
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+            except FileNotFoundError:  # the folder went: a holder that made it removed it empty when it failed
+                again = [p for p in (self.folder, *self.folder.parents) if not os.path.lexists(p)]
+                try:
+                    self.folder.mkdir(parents=True, exist_ok=True)
+                except OSError:
+                    return self
+                self.created = self.created or again
+                continue
             except OSError:
                 self._remove_created()
                 return self
