@@ -206,3 +206,22 @@ def test_tensors_outside_the_models_range_are_refused_not_classified(trained_run
                         (x8.long(), "dtype torch.int64"), (x8[0, 0].numpy(), "must be a torch.Tensor")]:
         with pytest.raises(gencls.InputError, match=needle):
             run.predict_proba(bad)
+
+
+def test_evaluating_another_checkpoint_leaves_the_best_ones_results(trained_run, tmp_path):
+    """`evaluate RUN/checkpoints/last.safetensors` writes eval_last.json (it replaced eval.json, the
+    best checkpoint's results that report and serve read, with their OOD and generation figures)."""
+    import shutil
+
+    from gencls.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    gencls.evaluate(run, ood=["noise"], log=lambda s: None)
+    best = json.loads((run / "eval.json").read_text())
+    assert main(["evaluate", str(run / "checkpoints" / "last.safetensors")]) == 0
+    assert json.loads((run / "eval.json").read_text()) == best
+    last = json.loads((run / "eval_last.json").read_text())
+    assert last["checkpoint_epoch"] == 2 and (run / "confusion_last.png").exists()
+    assert main(["evaluate", str(run / "checkpoints" / "last.safetensors"), "--split", "val"]) == 0
+    assert (run / "eval_val_last.json").exists()

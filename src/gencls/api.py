@@ -299,7 +299,7 @@ def evaluate(run: Run | str | Path, split: str = "test", data_root: str | None =
                               f"images, the run makes {'x'.join(map(str, run.method.image_shape))}")
         report["generation"] = generation_report(run.method, run.classes, fnet, cfg.dataset, root, n=n, seed=seed,
                                                  cas_epochs=cas_epochs, log=log, **spec)
-    name = "eval.json" if split == "test" else f"eval_{split}.json"
+    name = eval_file_name(run, split)
     write = write and run.path is not None
     previous = _previous_eval(run.path / name, report) if write else {}
     if ood:
@@ -316,11 +316,20 @@ def evaluate(run: Run | str | Path, split: str = "test", data_root: str | None =
         try:
             atomic_write_json(run.path / name, report)
             plot_confusion(report["confusion_matrix"], run.classes,
-                           run.path / ("confusion.png" if split == "test" else f"confusion_{split}.png"),
+                           run.path / eval_file_name(run, split, "confusion", ".png"),
                            title=f"{cfg.method}, {split} error {report['error_percent']:.2f}%")
         except OSError as e:  # a read-only run folder: the figures are still returned (and printed)
             log(f"note: could not write {run.path / name} ({e.strerror or e}); the results are not saved")
     return report
+
+
+def eval_file_name(run: Run, split: str = "test", stem: str = "eval", suffix: str = ".json") -> str:
+    """Where ``evaluate`` writes in the run folder: ``eval.json`` for the best checkpoint on the test
+    split, ``eval_val.json`` on the validation split, and e.g. ``eval_last.json`` for another
+    checkpoint (so that evaluating ``last`` leaves the best one's results, OOD and generation
+    figures included, where report and serve read them)."""
+    ck = run.checkpoint.stem if run.checkpoint is not None else "best"
+    return stem + ("" if split == "test" else f"_{split}") + ("" if ck == "best" else f"_{ck}") + suffix
 
 
 def _previous_eval(path: Path, report: dict) -> dict:

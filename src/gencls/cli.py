@@ -406,14 +406,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from gencls.api import evaluate, is_seeds_folder, load_run
+    from gencls.api import eval_file_name, evaluate, is_seeds_folder, load_run
 
     if not args.generation and args.n is not None:
         raise GenclsError("--n applies to --generation only")
     if is_seeds_folder(args.run):
         return _evaluate_seeds(args)
     run = load_run(args.run, device=args.device)
-    name = "eval.json" if args.split == "test" else f"eval_{args.split}.json"
+    name = eval_file_name(run, args.split)
     before = _inode(run.path / name) if run.path is not None else None
     r = evaluate(run, split=args.split, data_root=args.data_root, ood=tuple(dict.fromkeys(args.ood)),
                  generation=args.generation, n=args.n or 10000, seed=args.seed, cas_epochs=args.cas_epochs,

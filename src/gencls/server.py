@@ -157,6 +157,7 @@ def _page() -> str:
 
 
 def model_info(run, limits: ServerLimits) -> dict[str, Any]:
+    from gencls.api import eval_file_name
     from gencls.utils import read_json
 
     info = {"method": run.method.name, "description": run.method.description, "dataset": run.config.dataset,
@@ -166,7 +167,7 @@ def model_info(run, limits: ServerLimits) -> dict[str, Any]:
             "test_error_percent": None, "ood": {k: run.ood[k] for k in ("score", "threshold", "percentile",
                                                                           "calibrated_on", "higher_means")},
             "limits": asdict(limits)}
-    eval_path = run.path / "eval.json" if run.path is not None else None  # None: a bare checkpoint file
+    eval_path = run.path / eval_file_name(run) if run.path is not None else None  # None: a bare checkpoint file
     if eval_path is not None and eval_path.exists():
         try:
             ev = read_json(eval_path)
