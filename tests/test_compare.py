@@ -238,3 +238,15 @@ def test_a_default_labels_folder_accepts_the_count_its_runs_used(tmp_path, data_
     assert summary["settings"]["labels"] is None and summary["runs"][0]["labelled_images"] == 100
     with pytest.raises(GenclsError, match="labels was None, now 50"):
         compare(CompareConfig(labels=50, **small), log=quiet)
+
+
+def test_a_stop_keeps_its_exit_status_through_a_worker_process():
+    """compare --jobs: a run stopped by SIGTERM comes back from its worker process pickled; its exit
+    status (143) was lost (exit 2)."""
+    import pickle
+
+    from gencls.errors import TrainingDiverged, TrainingStopped
+
+    for e in (TrainingStopped("SIGTERM: stopped", 143), TrainingDiverged("loss is not finite", 1)):
+        again = pickle.loads(pickle.dumps(e))
+        assert type(again) is type(e) and str(again) == str(e) and again.exit_code == e.exit_code

@@ -453,6 +453,8 @@ def compare(config: CompareConfig | dict | None = None, log: Callable[[str], Non
                 except Exception as e:  # an error to fix (data, folder, signal): names its run; finished runs stay
                     for other in futures:
                         other.cancel()  # runs not started yet wait for the rerun
+                    if isinstance(e, TrainingStopped):  # a signal: its exit status (130/143) too
+                        raise type(e)(f"run {Path(futures[f]).name}: {e}", e.exit_code) from e
                     if isinstance(e, GenclsError):
                         raise GenclsError(f"run {Path(futures[f]).name}: {e}") from e
                     raise GenclsError(f"run {futures[f]} failed: {type(e).__name__}: {e} "

@@ -20,6 +20,9 @@ class TrainingStopped(GenclsError):
         super().__init__(message)
         self.exit_code = exit_code
 
+    def __reduce__(self):  # keeps exit_code through pickling (compare's worker processes)
+        return type(self), (str(self), self.exit_code)
+
 
 class TrainingDiverged(TrainingStopped):
     """Training stopped because a loss or gradient stopped being finite (or exploded past the guard)."""
