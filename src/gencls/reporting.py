@@ -108,25 +108,28 @@ def _loss_curves(rows: list[dict]) -> bytes | None:
     return _fig_bytes(fig)
 
 
-def _error_curve(rows: list[dict]) -> bytes:
+def _curves(lines: list[tuple[str, list[dict], str, dict]], ylabel: str) -> bytes:
+    """Error curves over epochs: (label, metrics rows, key, plot style) each, in percent."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 3.4), dpi=90)
-    evaluated = [r for r in rows if r.get("val_error") is not None]  # --eval-every N: only every N-th epoch
-    if evaluated:
-        ax.plot([r["epoch"] for r in evaluated], [100 * r["val_error"] for r in evaluated], marker="o", ms=3,
-                label="validation error")
-    trained = [r for r in rows if r.get("train_err") is not None]
-    if trained:
-        ax.plot([r["epoch"] for r in trained], [100 * r["train_err"] for r in trained], marker=".", ms=3, alpha=0.7,
-                label="error on labelled training batches")
+    for label, rows, key, style in lines:
+        rows = [r for r in rows if r.get(key) is not None]  # --eval-every N: only every N-th epoch validates
+        if rows:
+            ax.plot([r["epoch"] for r in rows], [100 * r[key] for r in rows], ms=3, label=label, **style)
     ax.set_xlabel("epoch")
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_ylabel("error (%)")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _fig_bytes(fig)
+
+
+def _error_curve(rows: list[dict]) -> bytes:
+    return _curves([("validation error", rows, "val_error", {"marker": "o"}),
+                    ("error on labelled training batches", rows, "train_err", {"marker": ".", "alpha": 0.7})],
+                   "error (%)")
 
 
 def _confusion(cm, classes, title) -> bytes:
@@ -355,25 +358,15 @@ def seeds_report(folder: str | Path, out: str | Path | None = None, data_root: s
     for name, r in ev["seeds"].items():
         val = r.get("val_error")
         rows.append([name, r["checkpoint_epoch"], "–" if val is None else 100 * val, r["error_percent"]])
-        curves[name] = [m for m in read_metrics(folder / name) if m.get("val_error") is not None]
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 3.4), dpi=90)
-    for name, ms in curves.items():
-        ax.plot([m["epoch"] for m in ms], [100 * m["val_error"] for m in ms], marker="o", ms=3, label=name)
-    ax.set_xlabel("epoch")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_ylabel("validation error (%)")
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+        curves[name] = read_metrics(folder / name)
+    plot = _curves([(name, ms, "val_error", {"marker": "o"}) for name, ms in curves.items()], "validation error (%)")
     parts = [f"<h1>gencls seeds: {html.escape(ev['method'])} on {html.escape(ev['dataset'])}, "
              f"{html.escape(str(ev['labels']))} labels</h1>",
              f"<p class=big>test error {e['mean']:.2f}{spread}% over {e['n']} seed(s)</p>",
              f"<p class=muted>{html.escape(ev.get('std', ''))}; each seed evaluated once on the test set with its "
              "best-validation checkpoint; <code>gencls report</code> a seed folder for its own page.</p>",
              _table(rows, ["seed folder", "best epoch", "validation error %", "test error %"]),
-             _img(_fig_bytes(fig), "validation error per epoch, every seed")]
+             _img(plot, "validation error per epoch, every seed")]
     path = Path(out) if out else folder / "report.html"
     atomic_write_bytes(path, _page(f"gencls seeds: {folder.name}", "\n".join(parts)))
     return path
