@@ -14,7 +14,7 @@
 #   methods   every method's eager training step on the GPU, ms/step (~1 min)
 # On the device tool: `protocol seeds` in one call (~8 min), `train methods to-error` in a second
 # if the session's device time allows. Writes protocol_metrics.jsonl, protocol_eval.json, seeds_speed_*.json, seeds_metrics/,
-# to_error.json, methods_speed.json and log under $OUT.
+# seeds_tests.txt, to_error.json, methods_speed.json and log under $OUT.
 set -uo pipefail
 OUT=${OUT:-runs/gpu-next}
 source "$(dirname "$0")/gpu_env.sh"
@@ -34,7 +34,8 @@ for part in "${PARTS[@]}"; do
       cp /tmp/run_protocol/eval.json "$OUT/protocol_eval.json" 2>/dev/null ;;
     seeds)
       timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_seeds.py tests/test_speed.py \
-        -k "stacked_improved_gan_step or host_reads" 2>&1 | tail -3
+        -k "stacked_improved_gan_step or host_reads" > "$OUT/seeds_tests.txt" 2>&1  # whole output: a failure's detail
+      grep -E "^E |passed|failed" "$OUT/seeds_tests.txt" | tail -12
       for prec in fp32 bf16; do
         timeout 150 $PY benchmarks/seeds_speed.py --device cuda --precision $prec --seeds 1,5,10 --steps 200 \
           --out "$OUT/seeds_speed_$prec.json" | tail -5

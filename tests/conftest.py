@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import gencls  # noqa: F401 -- before torch: its OpenMP spin count (README, "Speed")
@@ -25,6 +26,24 @@ def mnist_test(data_root):
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(2)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"_report_{report.when}", report)
+
+
+@pytest.fixture(autouse=True)
+def _free_disk_after_passing(request):
+    """A passed test's ``tmp_path`` (its small runs: often 100 MB) goes at once: a whole test run kept
+    them all, several GB, and a nearly full disk failed later tests. A failed test's stays to look at."""
+    yield
+    tmp = request.node.funcargs.get("tmp_path")
+    report = getattr(request.node, "_report_call", None)
+    if tmp is not None and report is not None and report.passed:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _tiny_run(tmp_path_factory, name, **kw):

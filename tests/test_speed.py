@@ -186,6 +186,41 @@ def test_bf16_autocast_on_cpu_trains_and_is_saved(tmp_path, data_root):
     assert gencls.load_run(out).config.precision == "bf16"
 
 
+def test_generated_pixels_keep_their_gradient_under_bf16_autocast():
+    """Every generator and decoder makes its images in fp32 under bf16 autocast: in bf16,
+    sigmoid(x) is exactly 1 above x ~ 6.2 and its gradient 0, which collapsed the plain improved-gan
+    step on --precision bf16 (the fused one scales its outputs in fp32 and escaped)."""
+    from gencls.nets.autoencoder import ClassConditionalDecoder
+    from gencls.nets.cifar import ConvNetGenerator
+    from gencls.nets.conv import ConvGenerator
+    from gencls.nets.layers import to_pixels
+    from gencls.nets.mlp import MLPGenerator
+
+    x = torch.tensor([7.0, 9.0], requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = torch.sigmoid(x.to(torch.bfloat16))
+    plain.sum().backward()
+    assert plain.eq(1).all() and x.grad.eq(0).all()  # the failure: bright pixels get no gradient
+    x.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = to_pixels(x.to(torch.bfloat16))
+    y.sum().backward()
+    assert y.dtype == torch.float32 and (y < 1).all() and (x.grad > 0).all()
+    torch.testing.assert_close(y, torch.sigmoid(x.detach().to(torch.bfloat16).float()))
+
+    torch.manual_seed(0)
+    decoder = ClassConditionalDecoder((1, 28, 28), 10, 8, (32,))
+    nets = {"mlp": lambda z: MLPGenerator((1, 28, 28), nz=16, hidden=32)(z),
+            "conv": lambda z: ConvGenerator((1, 28, 28), nz=16, width=8)(z),
+            "cifar": lambda z: ConvNetGenerator((3, 32, 32), nz=16, width=8)(z),
+            "decoder": lambda z: decoder.images(torch.eye(10)[:4], z[:, :8])}
+    for name, make in nets.items():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            images = make(torch.rand(4, 16))
+        assert images.dtype == torch.float32, name
+        assert images.min() >= 0 and images.max() <= 1, name
+
+
 def test_gpu_options_are_validated(tmp_path):
     with pytest.raises(GenclsError, match="--precision fp16"):
         gencls.TrainConfig(precision="fp16").validate()

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gencls.nets.layers import Softplus
+from gencls.nets.layers import Softplus, to_pixels
 
 _ACTIVATIONS = {"relu": nn.ReLU, "softplus": Softplus, "leaky_relu": lambda: nn.LeakyReLU(0.2)}
 
@@ -71,7 +71,7 @@ class ClassConditionalDecoder(nn.Module):
         return self.net(torch.cat([y_onehot, z], dim=-1))
 
     def images(self, y_onehot: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self(y_onehot, z)).view(-1, *self.image_shape)
+        return to_pixels(self(y_onehot, z)).view(-1, *self.image_shape)
 
     def sample_z(self, n: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Style vectors from the prior N(0, I)."""

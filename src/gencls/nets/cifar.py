@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gencls.nets.layers import GaussianNoise, WNLinear
+from gencls.nets.layers import GaussianNoise, WNLinear, to_pixels
 
 
 def conv_size_ok(image_shape: tuple[int, int, int]) -> bool:
@@ -191,7 +191,7 @@ class ConvNetGenerator(nn.Module):
         return self.ups(h)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.out(self._hidden(z)))
+        return to_pixels(self.out(self._hidden(z)))
 
     @torch.no_grad()
     def data_init(self, z: torch.Tensor) -> None:

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from gencls.nets.layers import to_pixels
+
 
 def _check_size(image_shape: tuple[int, int, int], divisor: int, what: str) -> None:
     _, h, w = image_shape
@@ -70,7 +72,7 @@ class ConvGenerator(nn.Module):
             z = torch.cat([z, self.embed(labels)], dim=1)
         h = F.relu(self.bn0(self.fc(z))).view(-1, 2 * self.width, self.h0, self.w0)
         h = F.relu(self.bn1(self.up1(h)))
-        return torch.sigmoid(self.up2(h))
+        return to_pixels(self.up2(h))
 
 
 class ConvDiscriminator(nn.Module):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gencls.nets.layers import BiasOnlyBatchNorm1d, GaussianNoise, NoiseBank, WNLinear, softplus
+from gencls.nets.layers import BiasOnlyBatchNorm1d, GaussianNoise, NoiseBank, WNLinear, softplus, to_pixels
 
 
 class MLPClassifier(nn.Module):
@@ -110,4 +110,4 @@ class MLPGenerator(nn.Module):
         act = softplus if self.fast_softplus else F.softplus
         h = act(self.bn1(self.fc1(z)))
         h = act(self.bn2(self.fc2(h)))
-        return torch.sigmoid(self.out(h)).view(-1, *self.image_shape)
+        return to_pixels(self.out(h)).view(-1, *self.image_shape)
