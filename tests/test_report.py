@@ -159,6 +159,8 @@ def test_report_of_a_seeds_folder(tmp_path, data_root):
     e = ev["error_percent"]
     assert f"test error {e['mean']:.2f} ± {e['std']:.2f}% over 2 seed(s)" in text
     assert "seed-1" in text and "seed-2" in text and text.count("<img") == 1
+    assert f"ensemble of the 2 seeds (mean of their class probabilities): test error " \
+           f"{ev['ensemble']['error_percent']:.2f}%" in text
     lines.clear()
     gencls.report(out, log=lines.append)  # current: not evaluated again
     assert not any("evaluating" in s for s in lines)

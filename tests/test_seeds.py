@@ -27,7 +27,7 @@ def rows(run, drop=("seed",)):
     return [{k: v for k, v in r.items() if k not in TIMING + drop} for r in read_metrics(run)]
 
 
-def test_seeds_in_turn_equal_separate_runs(tmp_path, data_root):
+def test_seeds_in_turn_equal_separate_runs(tmp_path, data_root, mnist_test):
     out = gencls.train(cfg(tmp_path, "multi", seeds=[1, 2], stack_seeds="off"), log=lambda s: None)
     single = gencls.train(cfg(tmp_path, "single", seed=2, data_seed=2), log=lambda s: None)
     assert rows(out / "seed-2") == rows(single)  # every loss, error and step count
@@ -45,12 +45,46 @@ def test_seeds_in_turn_equal_separate_runs(tmp_path, data_root):
     assert summary["best_val_error_percent"]["mean"] == pytest.approx(100 * sum(errs) / 2)
     with pytest.raises(gencls.GenclsError, match="one run per seed"):
         gencls.load_run(out)
+    # the seeds as one ensemble: the mean of their class probabilities on the test images, by hand
+    ev = gencls.evaluate_seeds(out, log=lambda s: None)
+    x, y = mnist_test.images.float().div(255), mnist_test.labels
+    p = sum(gencls.load_run(out / f"seed-{s}").predict_proba(x) for s in (1, 2)) / 2
+    ens = ev["ensemble"]
+    assert ens["error_percent"] == pytest.approx(100 * float((p.argmax(1) != y).float().mean()))
+    assert ens["nll"] == pytest.approx(float(-p[torch.arange(len(y)), y].log().mean()), rel=1e-4)
+    assert ens["seeds"] == 2 and ens["n"] == len(y) == 10000
+    # each seed drew its own 100 labels (rows of its subset): the ensemble rests on their union
+    union = {s["subset"][i] for s in (s1, s2) for i in s["labelled"]}
+    assert ens["labelled_images"] == len(union) > 100 and ens["same_labelled_images"] is False
+    assert f"rests on {len(union)} distinct labelled images, not 100" in gencls.api.describe_ensemble(ens, 100)
+    assert "ensemble" not in gencls.evaluate_seeds(out, split="val", write=False, log=lambda s: None)
+    # the same ensemble loaded to classify: predict, its OOD score and threshold (on seed-1's validation split)
+    ens = gencls.load_ensemble(out)
+    assert isinstance(ens, gencls.Ensemble) and ens.meta["seeds"] == ["seed-1", "seed-2"]
+    torch.testing.assert_close(ens.predict_proba(x[:50]), p[:50])
+    from PIL import Image
+    Image.fromarray(mnist_test.images[0, 0].numpy()).save(tmp_path / "digit.png")
+    [pred] = gencls.predict(ens, [tmp_path / "digit.png"], top_k=10)
+    seeds = [gencls.load_run(out / f"seed-{s}") for s in (1, 2)]
+    want = sum(r.predict_proba(x[:1]) for r in seeds)[0] / 2
+    assert pred.label == ens.classes[int(want.argmax())] and pred.probability == pytest.approx(float(want.max()), abs=1e-6)
+    assert pred.ood_score == pytest.approx(float(sum(r.ood_scores(x[:1]) for r in seeds)) / 2, rel=1e-5)
+    cal = json.loads((out / "ood.json").read_text())
+    assert cal["epoch"] == ens.meta["epoch"] and isinstance(cal["threshold"], float) and pred.ood_flag is not None
+    assert gencls.predict(out, [tmp_path / "digit.png"])[0].label == pred.label  # a path to the folder works too
+    with pytest.raises(gencls.GenclsError, match="generate takes one run, not an ensemble"):
+        gencls.generate(ens, n=4)
+    with pytest.raises(gencls.GenclsError, match="evaluate_seeds"):
+        gencls.evaluate(ens)
 
 
 def test_seeds_share_one_split_when_data_seed_is_given(tmp_path, data_root):
     out = gencls.train(cfg(tmp_path, "m", seeds=[3, 4], data_seed=7, epochs=1), log=lambda s: None)
     s3, s4 = (json.loads((out / f"seed-{s}" / "split.json").read_text()) for s in (3, 4))
     assert s3 == s4 and s3["data_seed"] == 7
+    ens = gencls.evaluate_seeds(out, write=False, log=lambda s: None)["ensemble"]
+    assert ens["labelled_images"] == 100 and ens["same_labelled_images"] is True
+    assert "every seed trained on the same 100 labelled images" in gencls.api.describe_ensemble(ens, 100)
 
 
 def test_seeds_resume_equals_uninterrupted(tmp_path, data_root):
@@ -222,8 +256,11 @@ def test_cli_seeds(tmp_path, data_root):
     assert e["n"] == 2 and e["mean"] == pytest.approx(sum(errors) / 2)
     assert e["std"] == pytest.approx(abs(errors[0] - errors[1]) / 2 ** 0.5)  # n - 1
     assert f"error {e['mean']:.2f} ± {e['std']:.2f}% (mean ± sample std)" in r.stdout
-    r = cli("predict", str(out), str(out / "seed-1" / "config.json"))  # one model is needed here
-    assert r.returncode != 0 and "one run per seed" in r.stderr and "Traceback" not in r.stderr
+    assert f"test error {summary['ensemble']['error_percent']:.2f}%; rests on" in r.stdout
+    r = cli("predict", str(out), str(out / "seed-1" / "config.json"))  # the seeds as one ensemble
+    assert r.returncode == 1 and "an ensemble of 2 seeds (seed-1, seed-2)" in r.stderr and "not a readable image" in r.stdout
+    r = cli("generate", str(out), "--out", str(tmp_path / "g.png"))  # one model is needed here
+    assert r.returncode == 2 and "one run per seed" in r.stderr and "Traceback" not in r.stderr
     r = cli("evaluate", str(out / "seed-2"), "--split", "val")
     assert r.returncode == 0, r.stderr
     (out / "seed-2" / "checkpoints" / "best.safetensors").unlink()

@@ -8,6 +8,8 @@ images, evaluate it honestly, generate images, and classify files::
     run = gencls.load_run(run_dir)
     print(gencls.evaluate(run)["error_percent"])
     gencls.evaluate_seeds("runs/s")["error_percent"]   # a `train --seeds` folder: mean and std over seeds
+    gencls.evaluate_seeds("runs/s")["ensemble"]        # ... and the seeds as one ensemble
+    gencls.predict(gencls.load_ensemble("runs/s"), ["digit.png"])   # classify with that ensemble
     probs = run.predict_proba(images)          # tensor (N, C, H, W) in [0, 1]
     results = gencls.predict(run, ["digit.png"])
     samples = gencls.generate(run, n=64, seed=0)
@@ -36,10 +38,12 @@ _LAZY = {"Run": "gencls.api", "evaluate": "gencls.api", "generate": "gencls.api"
          "predict": "gencls.api", "train": "gencls.api", "TrainConfig": "gencls.config",
          "CompareConfig": "gencls.comparison", "compare": "gencls.comparison", "report": "gencls.reporting",
          "generate_per_class": "gencls.api", "interpolate": "gencls.api", "prepare_metrics": "gencls.api",
-         "write_images": "gencls.api", "evaluate_seeds": "gencls.api"}
+         "write_images": "gencls.api", "evaluate_seeds": "gencls.api", "Ensemble": "gencls.api",
+         "load_ensemble": "gencls.api"}
 
-__all__ = ["CompareConfig", "GenclsError", "InputError", "Run", "TrainConfig", "__version__", "compare", "evaluate",
-           "evaluate_seeds", "generate", "generate_per_class", "interpolate", "load_run", "predict", "prepare_metrics",
+__all__ = ["CompareConfig", "Ensemble", "GenclsError", "InputError", "Run", "TrainConfig", "__version__", "compare",
+           "evaluate", "evaluate_seeds", "generate", "generate_per_class", "interpolate", "load_ensemble", "load_run",
+           "predict", "prepare_metrics",
            "report", "train", "write_images"]
 
 

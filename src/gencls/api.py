@@ -112,6 +112,58 @@ class Run:
         return describe(self, probs, scores, top_k)
 
 
+@dataclass
+class Ensemble(Run):
+    """The seeds of a ``train --seeds`` folder as one classifier (``load_ensemble``): its class
+    probabilities are the mean of the seeds', its out-of-distribution score the mean of theirs.
+    ``method``, ``config`` and ``meta["background"]`` are the first seed's (the seeds share all
+    settings but the seed); ``meta["epoch"]`` lists each seed's checkpoint epoch. It classifies
+    (``predict``, ``logits``, ``analyse``); it does not generate, and is evaluated through
+    ``evaluate_seeds``."""
+    runs: list[Run] = field(default_factory=list)
+
+    def logits(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """The log of the mean of the seeds' class probabilities (so ``softmax`` gives that mean)."""
+        return self.predict_proba(x, batch_size).clamp_min(1e-30).log()
+
+    def predict_proba(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        return torch.stack([r.predict_proba(x, batch_size) for r in self.runs]).mean(0)
+
+    def ood_scores(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        return torch.stack([r.ood_scores(x, batch_size) for r in self.runs]).mean(0)
+
+    def probabilities_and_scores(self, x: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+        each = [r.probabilities_and_scores(x, batch_size) for r in self.runs]
+        return torch.stack([p for p, _ in each]).mean(0), torch.stack([s for _, s in each]).mean(0)
+
+
+def _seed_runs(path: Path) -> list[str]:
+    """The seed folders of a ``train --seeds`` folder, every one trained (else one clear error)."""
+    if not is_seeds_folder(path):
+        raise InputError(f"{path}: not a folder of several seeds (train --seeds writes OUT/seeds.json)")
+    record = read_json(path / "seeds.json")
+    names = record.get("runs") or [f"seed-{s}" for s in record.get("seeds", [])]
+    missing = [n for n in names if not (path / n / "checkpoints" / "best.safetensors").exists()]
+    if missing:
+        raise InputError(f"{path}: {', '.join(missing)} not trained yet (no best checkpoint); "
+                         f"finish the run with `gencls train --resume --out {path}`")
+    return names
+
+
+def load_ensemble(path: str | Path, device: str = "cpu") -> Ensemble:
+    """A ``train --seeds`` folder's seeds (each its best checkpoint) as one ``Ensemble``."""
+    path = Path(path)
+    runs = [load_run(path / name, device=device) for name in _seed_runs(path)]
+    first = runs[0]
+    for r in runs[1:]:
+        if (r.classes, r.image_shape, r.config.method) != (first.classes, first.image_shape, first.config.method):
+            raise InputError(f"{path}: {r.path.name} is not the same model as {first.path.name} "
+                             "(classes, image shape or method differ): not one ensemble")
+    meta = {"epoch": [r.meta.get("epoch") for r in runs], "step": [r.meta.get("step") for r in runs],
+            "seeds": [r.path.name for r in runs], "background": first.background}
+    return Ensemble(path, first.method, first.config, first.classes, first.image_shape, meta, runs=runs)
+
+
 def load_run(path: str | Path, which: str = "best", device: str = "cpu") -> Run:
     """Load a run folder's ``best`` (default) or ``last`` checkpoint, or a checkpoint file."""
     path = Path(path)
@@ -126,7 +178,8 @@ def load_run(path: str | Path, which: str = "best", device: str = "cpu") -> Run:
         ck_path, run_dir = path / "checkpoints" / f"{which}.safetensors", path
         if not ck_path.exists() and (path / "seeds.json").exists():
             runs = [str(path / name) for name in read_json(path / "seeds.json").get("runs", [])]
-            raise InputError(f"{path}: holds one run per seed ({', '.join(runs)}); give one of them")
+            raise InputError(f"{path}: holds one run per seed ({', '.join(runs)}); give one of them "
+                             "(predict takes the folder: its seeds as one ensemble)")
         if not ck_path.exists():
             have = sorted(p.stem for p in (path / "checkpoints").glob("*.safetensors") if "." not in p.stem)
             if which != "best" and have:
@@ -174,7 +227,7 @@ def ood_calibration(run: Run | str | Path, data_root: str | None = None, write: 
     """
     from gencls.evaluation.ood import OOD_PERCENTILE, calibrate_threshold, summary
 
-    run = _as_run(run)
+    run = _as_run(run, ensemble=True)
     if run.ood is not None:
         return run.ood
     key = _checkpoint_key(run)
@@ -234,8 +287,16 @@ def calibrate_ood(run: Run, x: torch.Tensor, which: str, write: bool = True, log
     return cal
 
 
-def _as_run(run: Run | str | Path, device: str = "cpu") -> Run:
-    return run if isinstance(run, Run) else load_run(run, device=device)
+def _as_run(run: Run | str | Path, device: str = "cpu", ensemble: bool = False, what: str = "this") -> Run:
+    """``run``, or the run folder at that path loaded; a ``train --seeds`` folder (or an
+    ``Ensemble``) only where ``ensemble`` (classifying), else one clear error."""
+    if isinstance(run, Ensemble) and not ensemble:
+        raise GenclsError(f"{what} takes one run, not an ensemble of seeds: give one seed's folder ({run.path}/seed-S)")
+    if isinstance(run, Run):
+        return run
+    if ensemble and is_seeds_folder(run):
+        return load_ensemble(run, device=device)
+    return load_run(run, device=device)
 
 
 def evaluate(run: Run | str | Path, split: str = "test", data_root: str | None = None, write: bool = True,
@@ -250,9 +311,18 @@ def evaluate(run: Run | str | Path, split: str = "test", data_root: str | None =
     ``report["generation"]``, measured with the dataset's feature network (trained on first use),
     or with ``feature_net`` (a ``FeatureNet`` or the path of a file ``prepare_metrics`` made).
     """
+    return _evaluate(run, split, data_root, write, log, ood, generation, n, seed, cas_epochs, feature_net)[0]
+
+
+def _evaluate(run, split="test", data_root=None, write=True, log=print, ood=(), generation=False, n=10000, seed=0,
+              cas_epochs=5, feature_net=None):
+    """``evaluate``, also returning the logits and labels it computed (``evaluate_seeds`` combines them)."""
     if ood:
         from gencls.evaluation.ood import check_ood_names
         check_ood_names(ood)
+    if isinstance(run, Ensemble):
+        raise GenclsError(f"evaluate takes one run: evaluate_seeds({str(run.path)!r}) evaluates every seed and "
+                          "their ensemble")
     run = _as_run(run)
     if generation:
         if not run.method.can_generate:
@@ -320,7 +390,7 @@ def evaluate(run: Run | str | Path, split: str = "test", data_root: str | None =
                            title=f"{cfg.method}, {split} error {report['error_percent']:.2f}%")
         except OSError as e:  # a read-only run folder: the figures are still returned (and printed)
             log(f"note: could not write {run.path / name} ({e.strerror or e}); the results are not saved")
-    return report
+    return report, logits, y
 
 
 def eval_file_name(run: Run, split: str = "test", stem: str = "eval", suffix: str = ".json") -> str:
@@ -352,7 +422,7 @@ def evaluate_ood(run: Run | str | Path, x_in: torch.Tensor, against: list[str] |
     from gencls.evaluation.metrics import auroc, fpr_at_tpr
     from gencls.evaluation.ood import ood_images
 
-    run = _as_run(run)
+    run = _as_run(run, ensemble=True)
     cal = ood_calibration(run, data_root=data_root, log=log)
     t = cal["threshold"]
     s_in = run.ood_scores(x_in)
@@ -376,7 +446,7 @@ class DataChanged(GenclsError):
 def _split_indices(run: Run, data) -> dict:
     """split.json's labelled and validation rows of ``data`` (the run's training split, as loaded
     now); refused when a folder dataset's files changed since training (rows are positions)."""
-    d = read_json(run.path / "split.json")
+    d = read_json((run.runs[0] if isinstance(run, Ensemble) else run).path / "split.json")
     saved, now = d.get("fingerprint"), getattr(data, "fingerprint", None)
     if saved is not None and now is not None and saved != now:
         raise DataChanged(f"{run.config.dataset}: the folder's training files changed since this run was trained "
@@ -391,7 +461,7 @@ def _split_indices(run: Run, data) -> dict:
 def predict(run: Run | str | Path, paths: list[str | Path], top_k: int = 3, invert: str = "auto",
             batch_size: int = 256) -> list[Prediction]:
     """Classify image files and folders; an unreadable file gets ``error`` and the others go on."""
-    run = _as_run(run)
+    run = _as_run(run, ensemble=True)
     files = find_images(paths)
     results: list[Prediction] = []
     background = run.background
@@ -471,7 +541,7 @@ def generate(run: Run | str | Path, n: int = 100, seed: int | None = None,
     ``labels``: one class (index or name) for all ``n`` images, or one per image; only for
     class-conditional methods (``CannotGenerate`` otherwise). ``seed`` makes it repeatable.
     """
-    run = _as_run(run)
+    run = _as_run(run, what="generate")
     if n < 1:
         raise GenclsError(f"--n {n}: must be at least 1")
     lab = _labels_tensor(run, labels, n)
@@ -488,7 +558,7 @@ def generate_class(run: Run | str | Path, label: str | int, n: int = 8, seed: in
     ("filtered by the classifier"), at most ``max_draws`` draws, so fewer than ``n`` may come back.
     Returns the images and how they were made.
     """
-    run = _as_run(run)
+    run = _as_run(run, what="generate")
     if isinstance(label, str):
         if label not in run.classes:
             raise InputError(f"unknown class {label!r} (classes: {', '.join(run.classes)})")
@@ -522,7 +592,7 @@ def generate_class(run: Run | str | Path, label: str | int, n: int = 8, seed: in
 def generate_per_class(run: Run | str | Path, per_class: int = 10, seed: int | None = None
                        ) -> tuple[torch.Tensor, list[str]]:
     """``per_class`` images of every class, class by class: (images (K*per_class, C, H, W), row labels)."""
-    run = _as_run(run)
+    run = _as_run(run, what="generate")
     if per_class < 1:
         raise GenclsError(f"--per-class {per_class}: must be at least 1")
     k = len(run.classes)
@@ -537,7 +607,7 @@ def interpolate(run: Run | str | Path, rows: int = 10, steps: int = 10, seed: in
     For a class-conditional method row r keeps class r mod K all along (row labels: the class names);
     otherwise the row labels are None.
     """
-    run = _as_run(run)
+    run = _as_run(run, what="interpolate")
     if rows < 1 or steps < 2:
         raise GenclsError(f"interpolation needs at least 1 row and 2 steps (got {rows} and {steps})")
     m = run.method
@@ -597,7 +667,7 @@ def write_images(run: Run | str | Path, images: torch.Tensor, out_dir: str | Pat
     else in the folder stays, even if named like these."""
     from torchvision.utils import save_image
 
-    run = _as_run(run)
+    run = _as_run(run, what="write_images")
     out = Path(out_dir)
     check_out_dir(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
@@ -629,35 +699,70 @@ def is_seeds_folder(path: str | Path) -> bool:
     return path.is_dir() and (path / "seeds.json").is_file() and not (path / "checkpoints").exists()
 
 
+def _ensemble(path: Path, names: list[str], probs: torch.Tensor, y: torch.Tensor, classes: list[str]) -> dict:
+    """The seeds as one classifier (the mean of their class probabilities) on the test split, and
+    how many distinct labelled images it rests on: each seed draws its own unless they share a data
+    seed, so an ensemble of k seeds may have seen k times the label budget."""
+    r = classification_report(y, probs.clamp_min(1e-12).log(), classes)
+    drawn = []
+    for name in names:
+        try:
+            d = read_json(path / name / "split.json")
+            sub = d.get("subset")
+            drawn.append(frozenset(d["labelled"] if sub is None else [sub[i] for i in d["labelled"]]))
+        except (GenclsError, KeyError, TypeError, IndexError):  # an old or edited split.json: count unknown
+            drawn = None
+            break
+    return {"error_percent": r["error_percent"], "accuracy": r["accuracy"], "nll": r["nll"], "n": r["n"],
+            "seeds": len(names), "combined": "mean of the seeds' class probabilities",
+            "labelled_images": None if drawn is None else len(frozenset().union(*drawn)),
+            "same_labelled_images": None if drawn is None else len(set(drawn)) == 1}
+
+
+def describe_ensemble(ens: dict, labels) -> str:
+    """One line on ``evaluate_seeds``'s ``"ensemble"``: its error and how many labelled images it
+    rests on (``labels``: one seed's budget)."""
+    n = ens["labelled_images"]
+    if ens["same_labelled_images"]:
+        basis = f"every seed trained on the same {n} labelled images"
+    elif n is None:
+        basis = "labelled images behind it unknown (a seed's split.json is unreadable)"
+    else:
+        basis = (f"rests on {n} distinct labelled images, not {labels}: each seed drew its own "
+                 "(train with --data-seed N for one shared draw)")
+    return (f"ensemble of the {ens['seeds']} seeds (mean of their class probabilities): test error "
+            f"{ens['error_percent']:.2f}%; {basis}")
+
+
 def evaluate_seeds(path: str | Path, split: str = "test", data_root: str | None = None, write: bool = True,
                    log=print, device: str = "cpu", **kw) -> dict:
     """Evaluate every seed of a ``train --seeds`` folder (each ``evaluate``, each writing its own
-    eval.json) and the mean and sample standard deviation of their errors over the seeds; writes
+    eval.json) and the mean and sample standard deviation of their errors over the seeds; on the
+    test split also the error of the seeds as one ensemble (``"ensemble"``: the mean of their
+    class probabilities, and the number of distinct labelled images behind it); writes
     ``OUT/eval.json`` (``eval_val.json``). ``kw``: ``evaluate``'s ``ood``, ``generation``, ...
     (their figures stay in each seed's file)."""
     from gencls.utils import atomic_write_json
 
     path = Path(path)
-    if not is_seeds_folder(path):
-        raise InputError(f"{path}: not a folder of several seeds (train --seeds writes OUT/seeds.json)")
-    record = read_json(path / "seeds.json")
-    names = record.get("runs") or [f"seed-{s}" for s in record.get("seeds", [])]
-    missing = [n for n in names if not (path / n / "checkpoints" / "best.safetensors").exists()]
-    if missing:
-        raise InputError(f"{path}: {', '.join(missing)} not trained yet (no best checkpoint); "
-                         f"finish the run with `gencls train --resume --out {path}`")
-    seeds, errors = {}, []
+    names = _seed_runs(path)
+    seeds, errors, probs, labels = {}, [], [], None
     for name in names:
-        report = evaluate(load_run(path / name, device=device), split=split, data_root=data_root, write=write,
-                          log=log, **kw)
+        run = load_run(path / name, device=device)
+        report, logits, y = _evaluate(run, split=split, data_root=data_root, write=write, log=log, **kw)
         seeds[name] = {"error_percent": report["error_percent"], "checkpoint_epoch": report["checkpoint_epoch"],
                        "val_error": report["val_error"]}
         errors.append(report["error_percent"])
+        if labels is None or torch.equal(labels, y):  # the test split: the same images for every seed
+            labels = y
+            probs.append(logits.float().softmax(1))
     mean = sum(errors) / len(errors)
     std = (sum((e - mean) ** 2 for e in errors) / (len(errors) - 1)) ** 0.5 if len(errors) > 1 else None
     summary = {"split": split, "method": report["method"], "dataset": report["dataset"], "labels": report["labels"],
                "seeds": seeds, "error_percent": {"mean": mean, "std": std, "n": len(errors)},
                "std": "sample standard deviation over the seeds (n - 1); none for one seed"}
+    if split == "test" and len(names) > 1 and len(probs) == len(names):
+        summary["ensemble"] = _ensemble(path, names, torch.stack(probs).mean(0), labels, run.classes)
     if write:
         name = "eval.json" if split == "test" else f"eval_{split}.json"
         try:

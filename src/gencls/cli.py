@@ -277,8 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="classify image files or folders",
                         usage="gencls predict RUN PATH... | gencls predict --onnx MODEL.onnx PATH... [options]")
-    pr.add_argument("items", nargs="+", metavar="RUN PATH", help="a run folder, then image files or folders "
-                    "(with --onnx: image files or folders only)")
+    pr.add_argument("items", nargs="+", metavar="RUN PATH", help="a run folder (or a `train --seeds` folder: "
+                    "its seeds as one ensemble), then image files or folders (with --onnx: image files or folders only)")
     pr.add_argument("--onnx", metavar="MODEL", help="classify with an exported ONNX model and ONNX Runtime "
                     "(no PyTorch needed)")
     pr.add_argument("--format", choices=["table", "csv", "json"], default="table")
@@ -458,7 +458,7 @@ def _inode(path: Path) -> int | None:
 
 def _evaluate_seeds(args) -> int:
     """`gencls evaluate OUT` of a `train --seeds` folder: every seed, then mean ± std."""
-    from gencls.api import evaluate_seeds
+    from gencls.api import describe_ensemble, evaluate_seeds
 
     s = evaluate_seeds(args.run, split=args.split, data_root=args.data_root, device=args.device,
                        ood=tuple(dict.fromkeys(args.ood)), generation=args.generation, n=args.n or 10000,
@@ -469,6 +469,8 @@ def _evaluate_seeds(args) -> int:
     spread = f" ± {e['std']:.2f}" if e["std"] is not None else ""
     print(f"{s['method']} on {s['dataset']} {args.split}, {e['n']} seed(s): error {e['mean']:.2f}{spread}% "
           f"(mean{' ± sample std' if spread else ''}); each seed's figures in its eval file")
+    if s.get("ensemble"):
+        print(describe_ensemble(s["ensemble"], s["labels"]))
     return 0
 
 
@@ -539,12 +541,18 @@ def cmd_predict(args) -> int:
         paths = args.items
         results = OnnxClassifier(args.onnx).predict(paths, top_k=args.top_k, invert=args.invert)
     else:
-        from gencls.api import load_run, predict
+        from gencls.api import is_seeds_folder, load_ensemble, load_run, predict
 
         if len(args.items) < 2:
             raise GenclsError("usage: gencls predict RUN PATH... (or gencls predict --onnx MODEL.onnx PATH...)")
         paths = args.items[1:]
-        results = predict(load_run(args.items[0]), paths, top_k=args.top_k, invert=args.invert)
+        if is_seeds_folder(args.items[0]):  # a `train --seeds` folder: its seeds as one ensemble
+            run = load_ensemble(args.items[0])
+            sys.stderr.write(f"predict: an ensemble of {len(run.runs)} seeds ({', '.join(run.meta['seeds'])}): "
+                             "the mean of their class probabilities and of their OOD scores\n")
+        else:
+            run = load_run(args.items[0])
+        results = predict(run, paths, top_k=args.top_k, invert=args.invert)
     if not results:
         raise GenclsError("no image files found in " + ", ".join(paths))
     out = sys.stdout

@@ -335,7 +335,7 @@ def seeds_report(folder: str | Path, out: str | Path | None = None, data_root: s
                  log: Callable[[str], None] = print) -> Path:
     """A ``train --seeds`` folder's page: each seed's test and validation error, their mean ± sample
     std, and the validation curves of all seeds (each seed's own page: ``report OUT/seed-S``)."""
-    from gencls.api import evaluate_seeds
+    from gencls.api import describe_ensemble, evaluate_seeds
     from gencls.training.checkpoint import read_checkpoint_meta
     from gencls.training.runlog import read_metrics
 
@@ -363,6 +363,7 @@ def seeds_report(folder: str | Path, out: str | Path | None = None, data_root: s
     parts = [f"<h1>gencls seeds: {html.escape(ev['method'])} on {html.escape(ev['dataset'])}, "
              f"{html.escape(str(ev['labels']))} labels</h1>",
              f"<p class=big>test error {e['mean']:.2f}{spread}% over {e['n']} seed(s)</p>",
+             f"<p>{html.escape(describe_ensemble(ev['ensemble'], ev['labels']))}</p>" if ev.get("ensemble") else "",
              f"<p class=muted>{html.escape(ev.get('std', ''))}; each seed evaluated once on the test set with its "
              "best-validation checkpoint; <code>gencls report</code> a seed folder for its own page.</p>",
              _table(rows, ["seed folder", "best epoch", "validation error %", "test error %"]),
