@@ -25,7 +25,8 @@ def mnist_test(data_root):
 
 @pytest.fixture(autouse=True)
 def _threads():
-    torch.set_num_threads(2)
+    # `make test` runs the tests in 2 processes (pytest-xdist), one thread each: one core apiece
+    torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @pytest.hookimpl(hookwrapper=True)

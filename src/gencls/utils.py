@@ -37,6 +37,16 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN computes bfloat16 products on this CPU (it needs AVX-512; AVX-512 BF16 or AMX
+    do them natively). Without it, ``--precision bf16`` on the CPU falls back to slow generic code:
+    several times slower than fp32 (README, "Speed"). True when it cannot tell."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True
+
+
 def autocast_for(device: torch.device, precision: str):
     """A context-manager factory for the training step: bf16 autocast on ``device`` for
     ``precision == "bf16"`` (no weight cache: weights change every step), else nothing."""

@@ -37,7 +37,8 @@ from gencls.training import distributed
 from gencls.training.checkpoint import (checkpoint_bytes_estimate, parse_checkpoint, read_checkpoint_meta,
                                        repair_json_copies, save_checkpoint, validate_modules)
 from gencls.training.runlog import RunLog, save_grid
-from gencls.utils import LOCK_NAME, FolderLock, atomic_write_json, autocast_for, read_json, remove_stale_temp_files
+from gencls.utils import (LOCK_NAME, FolderLock, atomic_write_json, autocast_for, cpu_has_bf16, read_json,
+                          remove_stale_temp_files)
 
 # Settings a resumed run may change; everything else comes from the run's config.json.
 RESUMABLE_OVERRIDES = ("epochs", "minutes", "progress", "sample_every", "eval_every", "tensorboard",
@@ -845,6 +846,9 @@ def _train(ddp: distributed.Context, config, resume, overwrite, log, on_epoch_en
         chosen = " (the --labelled rows)" if r.cfg.labelled is not None else ""
         r.log(f"data: {cfg.dataset} train {r.n_train} images -> labelled {sizes['labelled']}{chosen}, "
               f"validation {sizes['validation']}, unlabelled {sizes['unlabelled']} (data seed {r.cfg.data_seed})")
+    if cfg.precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        log("note: --precision bf16 on a CPU without bfloat16 support in oneDNN (it needs AVX-512): "
+            "its products run in slow generic code, several times slower than the default fp32 here")
     x_all = DeviceImages(data.images, device)
     y_all = data.labels.to(device)
     iters = len(runs[0].split.unlabelled) // (cfg.batch_size * world)
