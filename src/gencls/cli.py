@@ -399,7 +399,8 @@ def cmd_train(args) -> int:
     out = train(given if args.resume else TrainConfig(**given), resume=args.resume, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all processes
         if (out / "seeds.json").exists():
-            print(f"done: {out} (one run folder per seed; evaluate one with `gencls evaluate {out}/seed-S`)")
+            print(f"done: {out} (one run folder per seed; `gencls evaluate {out}`: every seed, mean ± std and their "
+                  f"ensemble; `gencls evaluate {out}/seed-S`: one)")
         else:
             print(f"done: {out} (evaluate with `gencls evaluate {out}`)")
     return 0
